@@ -1,0 +1,1 @@
+//! Shared helpers for twinbox's benchmark binaries.

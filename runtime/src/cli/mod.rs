@@ -1,0 +1,64 @@
+//! Command-line interface definitions (clap structs only).
+//!
+//! Parsing is kept apart from the library: every command here is a plain data struct that
+//! `crate::commands` turns into library calls. One binary serves two audiences with one
+//! command set: people (docker/podman-style image and container commands) and container
+//! engines (the runc-compatible OCI runtime commands that podman and containerd call).
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Top-level command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "twinbox",
+    about = "Run OCI images as containers or as KVM microVMs"
+)]
+#[command(disable_version_flag = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalOpts,
+
+    /// Print the version of twinbox and of the OCI runtime spec it implements.
+    #[arg(short = 'v', long = "version")]
+    pub version: bool,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Options accepted before any command (runc-compatible where runc has them).
+#[derive(Debug, clap::Args)]
+pub struct GlobalOpts {
+    /// State directory. For image and docker-style commands: the image store (default
+    /// /var/lib/twinbox, or $TWINBOX_ROOT). For OCI runtime commands: the container state
+    /// directory (default /run/twinbox), as with runc.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+
+    /// Write logs to FILE instead of stderr.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub log: Option<PathBuf>,
+
+    /// Log line format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log debug messages.
+    #[arg(long, global = true)]
+    pub debug: bool,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line: {"level","msg","time"}.
+    Json,
+}
+
+/// Every twinbox command.
+#[derive(Debug, Subcommand)]
+pub enum Command {}

@@ -1,0 +1,27 @@
+//! Turns parsed command lines into library calls.
+
+use crate::cli::Cli;
+
+/// The version text printed by `twinbox --version` (runc-compatible layout).
+pub fn version_text() -> String {
+    format!(
+        "twinbox version {}\nspec: {}\n",
+        env!("CARGO_PKG_VERSION"),
+        oci_spec::runtime::VERSION
+    )
+}
+
+/// Runs one parsed command line and returns the process exit code.
+pub fn run(cli: Cli) -> i32 {
+    if cli.version {
+        print!("{}", version_text());
+        return 0;
+    }
+    match cli.command {
+        None => {
+            eprintln!("twinbox: no command given; run `twinbox --help` to list the commands");
+            2
+        }
+        Some(command) => match command {},
+    }
+}
