@@ -1,2 +1,81 @@
-//! Fixtures for twinbox's end-to-end tests: locating the built binaries, building test
-//! images, starting a local registry and the emulated KVM host.
+//! Fixtures for twinbox's end-to-end tests: locating the built binaries and building test
+//! root filesystems. Area-specific fixtures (registry, emulated KVM host, ...) live in their
+//! own modules.
+
+use std::path::{Path, PathBuf};
+
+/// Directory holding the workspace's built binaries (the profile directory of the running
+/// test executable: `target/<triple>/<profile>/`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe of the test binary");
+    // target/<triple>/<profile>/deps/<test-binary>
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<triple>/<profile>/deps")
+        .to_path_buf()
+}
+
+/// Path of a workspace binary, e.g. `workspace_bin("twinbox")`.
+///
+/// Panics with the command to run when the binary was not built: integration tests of this
+/// crate drive binaries of other packages, which `cargo test` alone does not build.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build --workspace` before the tests (`make test` does)",
+        path.display()
+    );
+    path
+}
+
+/// The `twinbox` binary under test.
+pub fn twinbox_bin() -> PathBuf {
+    workspace_bin("twinbox")
+}
+
+/// Path of the host's static busybox (Debian's busybox-static).
+pub const BUSYBOX: &str = "/bin/busybox";
+
+/// Fills `root` with a minimal busybox root filesystem: the static busybox binary, a symlink
+/// per applet in /bin, /etc/passwd and /etc/group with root, nobody and a test user (uid 1000),
+/// and the empty directories a container runtime mounts over.
+pub fn busybox_rootfs(root: &Path) -> std::io::Result<()> {
+    use std::fs;
+    for dir in [
+        "bin",
+        "etc",
+        "proc",
+        "sys",
+        "dev",
+        "tmp",
+        "root",
+        "home/tester",
+        "var",
+    ] {
+        fs::create_dir_all(root.join(dir))?;
+    }
+    fs::copy(BUSYBOX, root.join("bin/busybox"))?;
+    let listing = std::process::Command::new(BUSYBOX).arg("--list").output()?;
+    for applet in String::from_utf8_lossy(&listing.stdout).lines() {
+        if applet != "busybox" && !applet.is_empty() {
+            let link = root.join("bin").join(applet);
+            if !link.exists() {
+                std::os::unix::fs::symlink("busybox", link)?;
+            }
+        }
+    }
+    fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\n\
+         tester:x:1000:1000:tester:/home/tester:/bin/sh\n\
+         nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+    )?;
+    fs::write(
+        root.join("etc/group"),
+        "root:x:0:\ntester:x:1000:\nwheel:x:10:tester\nnogroup:x:65534:\n",
+    )?;
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(root.join("tmp"), fs::Permissions::from_mode(0o1777))?;
+    Ok(())
+}
