@@ -2,14 +2,14 @@
 CARGO ?= cargo
 SHELL := /bin/bash
 
-.PHONY: all setup deps build test lint bench
+.PHONY: all setup deps build kernel test lint bench
 
 ## all: set everything up on a fresh machine and run the main job.
 all: setup
 	@echo "twinbox is built: target/x86_64-unknown-linux-gnu/release/twinbox"
 
-## setup: install Debian packages and build twinbox (release).
-setup: deps build
+## setup: install Debian packages, build twinbox (release) and the guest kernel.
+setup: deps build kernel
 
 deps:
 	@if [ "$$(id -u)" != 0 ]; then echo "make setup needs root (apt-get install)"; exit 1; fi
@@ -19,6 +19,10 @@ deps:
 
 build:
 	$(CARGO) build --workspace --release
+
+## kernel: build the guest kernel into target/guest-kernel/ (once; cached by config hash).
+kernel:
+	guest/kernel/build.sh >/dev/null
 
 ## test: the whole test suite, as root, on this machine kind.
 test:
