@@ -4,6 +4,11 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod cpio;
+pub mod guest_kernel;
+
+pub use guest_kernel::{GuestKernel, guest_kernel};
+
 /// Directory holding the workspace's built binaries (the profile directory of the running
 /// test executable: `target/<triple>/<profile>/`).
 pub fn bin_dir() -> PathBuf {
@@ -12,6 +17,26 @@ pub fn bin_dir() -> PathBuf {
     exe.parent()
         .and_then(Path::parent)
         .expect("test binary lives in target/<triple>/<profile>/deps")
+        .to_path_buf()
+}
+
+/// Cargo's target directory, where build caches such as the guest kernel live: the outermost
+/// ancestor of the running executable that holds a `CACHEDIR.TAG` (cargo also tags
+/// `target/<triple>/`).
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe of the running binary");
+    exe.ancestors()
+        .filter(|dir| dir.join("CACHEDIR.TAG").is_file())
+        .last()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
+}
+
+/// Root of the twinbox source tree.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate lives in the repository root")
         .to_path_buf()
 }
 
@@ -56,13 +81,10 @@ pub fn busybox_rootfs(root: &Path) -> std::io::Result<()> {
         fs::create_dir_all(root.join(dir))?;
     }
     fs::copy(BUSYBOX, root.join("bin/busybox"))?;
-    let listing = std::process::Command::new(BUSYBOX).arg("--list").output()?;
-    for applet in String::from_utf8_lossy(&listing.stdout).lines() {
-        if applet != "busybox" && !applet.is_empty() {
-            let link = root.join("bin").join(applet);
-            if !link.exists() {
-                std::os::unix::fs::symlink("busybox", link)?;
-            }
+    for applet in busybox_applets()? {
+        let link = root.join("bin").join(applet);
+        if !link.exists() {
+            std::os::unix::fs::symlink("busybox", link)?;
         }
     }
     fs::write(
@@ -78,4 +100,20 @@ pub fn busybox_rootfs(root: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(root.join("tmp"), fs::Permissions::from_mode(0o1777))?;
     Ok(())
+}
+
+/// The applet names of the host's busybox (without `busybox` itself), for `/bin` symlinks.
+pub fn busybox_applets() -> std::io::Result<Vec<String>> {
+    let listing = std::process::Command::new(BUSYBOX).arg("--list").output()?;
+    if !listing.status.success() {
+        return Err(std::io::Error::other(format!(
+            "`{BUSYBOX} --list` failed ({}): install busybox-static",
+            listing.status
+        )));
+    }
+    Ok(String::from_utf8_lossy(&listing.stdout)
+        .lines()
+        .filter(|applet| *applet != "busybox" && !applet.is_empty())
+        .map(str::to_string)
+        .collect())
 }
