@@ -6,8 +6,10 @@ use std::path::{Path, PathBuf};
 
 pub mod cpio;
 pub mod guest_kernel;
+pub mod kvm_host;
 
 pub use guest_kernel::{GuestKernel, guest_kernel};
+pub use kvm_host::kvm_host;
 
 /// Directory holding the workspace's built binaries (the profile directory of the running
 /// test executable: `target/<triple>/<profile>/`).
