@@ -142,7 +142,8 @@ impl Job {
 /// What a job produced.
 #[derive(Debug, Clone)]
 pub struct JobOutput {
-    /// The script's stdout and stderr, interleaved as written (carriage returns removed).
+    /// The script's stdout and stderr, interleaved as written (text: carriage returns and
+    /// terminal control sequences removed).
     pub output: String,
     /// The script's exit status.
     pub exit_code: i32,
@@ -539,6 +540,29 @@ mod tests {
                 "{console:?}: {error}"
             );
         }
+    }
+
+    #[test]
+    fn job_files_may_not_replace_the_harness_files() {
+        let host = KvmHost {
+            assets: crate::kvm_host::L1Assets {
+                kernel: PathBuf::from("/nonexistent/vmlinuz"),
+                modules: Vec::new(),
+                package: "test".into(),
+            },
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let archive = dir.path().join("l1.cpio");
+        for reserved in ["/init", "/job/run.sh", "/lib/twinbox-l1/00-kvm.ko"] {
+            let job = Job::new("true").data(reserved, b"x".to_vec(), 0o755);
+            let error = host.write_initramfs(&job, &archive).unwrap_err();
+            assert!(
+                matches!(&error, KvmHostError::ReservedPath(path) if path == reserved),
+                "{error}"
+            );
+        }
+        let job = Job::new("true").data("/job/input", vec![0; 3000], 0o644);
+        assert_eq!(host.write_initramfs(&job, &archive).unwrap(), 3000);
     }
 
     #[test]
