@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use futures_util::{StreamExt, TryStreamExt};
 use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::errors::OciDistributionError;
+use oci_client::errors::{DigestError, OciDistributionError};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, RegistryOperation};
 
@@ -133,6 +133,23 @@ impl<'a> Puller<'a> {
         }
     }
 
+    /// An error from a blob stream: a digest mismatch detected while streaming becomes
+    /// [`ImageError::DigestMismatch`], anything else a registry error.
+    fn stream_error(&self, digest: &Digest, e: std::io::Error) -> ImageError {
+        if let Some(DigestError::VerificationError { expected, actual }) = e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<DigestError>())
+            && let (Ok(expected), Ok(actual)) = (expected.parse(), actual.parse())
+        {
+            return ImageError::DigestMismatch {
+                what: format!("blob {digest} from {}", self.reference.registry()),
+                expected,
+                actual,
+            };
+        }
+        self.registry_error(e.into())
+    }
+
     async fn run(self) -> Result<Image, ImageError> {
         self.client
             .auth(&self.reference, &self.auth, RegistryOperation::Pull)
@@ -235,7 +252,7 @@ impl<'a> Puller<'a> {
             .await
             .map_err(|e| self.registry_error(e))?;
         while let Some(chunk) = stream.next().await {
-            data.extend_from_slice(&chunk.map_err(|e| self.registry_error(e.into()))?);
+            data.extend_from_slice(&chunk.map_err(|e| self.stream_error(digest, e))?);
         }
         self.store.write_blob(&data, Some(digest))?;
         Ok(data)
@@ -257,7 +274,7 @@ impl<'a> Puller<'a> {
             .map_err(|e| self.registry_error(e))?;
         let mut writer = self.store.blob_writer()?;
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| self.registry_error(e.into()))?;
+            let chunk = chunk.map_err(|e| self.stream_error(&layer.digest, e))?;
             writer
                 .write_all(&chunk)
                 .map_err(|e| ImageError::io(self.store.root(), "writing a blob", e))?;
