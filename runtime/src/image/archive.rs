@@ -76,7 +76,15 @@ pub fn load(
     name: Option<&str>,
     platform: Option<&Platform>,
 ) -> Result<Vec<Image>, ImageError> {
-    let _lock = store.lock_shared()?;
+    store.adding_content(|| load_locked(store, input, name, platform))
+}
+
+fn load_locked(
+    store: &ImageStore,
+    input: &Path,
+    name: Option<&str>,
+    platform: Option<&Platform>,
+) -> Result<Vec<Image>, ImageError> {
     let meta = std::fs::metadata(input).map_err(|e| ImageError::io(input, "reading", e))?;
     let staging;
     let dir = if meta.is_dir() {
@@ -330,7 +338,15 @@ pub fn import(
     for change in changes {
         apply_change(&mut config, change)?;
     }
-    let _lock = store.lock_shared()?;
+    store.adding_content(|| import_locked(store, tarball, full_name, config))
+}
+
+fn import_locked(
+    store: &ImageStore,
+    tarball: &Path,
+    full_name: String,
+    config: Config,
+) -> Result<Image, ImageError> {
     let mut file = File::open(tarball).map_err(|e| ImageError::io(tarball, "opening", e))?;
     let mut head = [0u8; 4];
     let n = file

@@ -14,7 +14,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, openat, openat2};
+use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, openat, openat2, readlinkat};
 use nix::sys::stat::{
     FchmodatFlags, FileStat, Mode, SFlag, UtimensatFlags, fchmodat, fstatat, mkdirat, utimensat,
 };
@@ -109,7 +109,16 @@ impl Root {
     }
 
     /// Opens the directory at `rel`, creating it and any missing parents with mode 0755.
+    /// A symlink on the way whose target does not exist yet is followed (inside the root)
+    /// and its target created, as `mkdir -p` does in a chroot.
     pub fn mkdir_all(&self, rel: &Path) -> io::Result<OwnedFd> {
+        self.mkdir_all_depth(rel, 0)
+    }
+
+    fn mkdir_all_depth(&self, rel: &Path, depth: u32) -> io::Result<OwnedFd> {
+        if depth > MAX_SYMLINK_DEPTH {
+            return Err(Errno::ELOOP.into());
+        }
         match self.open_dir(rel) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             other => return other,
@@ -117,14 +126,45 @@ impl Root {
         let Some((parent, name)) = split_parent(rel) else {
             return self.open_dir(rel);
         };
-        let parent_fd = self.mkdir_all(parent)?;
+        let parent_fd = self.mkdir_all_depth(parent, depth)?;
         match mkdirat(&parent_fd, name, Mode::from_bits_truncate(0o755)) {
-            Ok(()) | Err(Errno::EEXIST) => {}
+            Ok(()) => {}
+            Err(Errno::EEXIST) => {
+                if let Ok(target) = readlinkat(&parent_fd, name) {
+                    // A dangling symlink: create what it points to, resolved in the root.
+                    let target = Path::new(&target);
+                    let base = if target.is_absolute() {
+                        Path::new("")
+                    } else {
+                        parent
+                    };
+                    self.mkdir_all_depth(&clamp_relative(&base.join(target)), depth + 1)?;
+                }
+            }
             Err(e) => return Err(e.into()),
         }
         // Re-resolve in the root: a concurrent or hostile symlink at `name` stays inside.
         self.open_dir(rel)
     }
+}
+
+/// How many symlinks [`Root::mkdir_all`] follows before giving up (as the kernel's ELOOP).
+const MAX_SYMLINK_DEPTH: u32 = 40;
+
+/// Like [`clean_relative`], but `..` at the root stays at the root (as path resolution in
+/// a chroot does).
+pub fn clamp_relative(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::Normal(name) => out.push(name),
+            _ => {}
+        }
+    }
+    out
 }
 
 /// `fstatat` without following a final symlink; `None` when the entry does not exist.

@@ -45,8 +45,7 @@ pub fn pull(
         .enable_all()
         .build()
         .map_err(|e| ImageError::io(store.root(), "starting the download runtime", e))?;
-    let _lock = store.lock_shared()?;
-    runtime.block_on(Puller::new(store, parsed, options)?.run())
+    store.adding_content(|| runtime.block_on(Puller::new(store, parsed, options)?.run()))
 }
 
 struct Puller<'a> {

@@ -405,11 +405,36 @@ impl ImageStore {
             report.extend(image.names.iter().map(|n| format!("Untagged: {n}")));
             report.push(format!("Deleted: {}", image.id));
         }
-        // Collect now if nothing is pulling; otherwise the next gc will.
-        if let Some(lock) = self.lock_exclusive("store.lock", false)? {
-            self.gc_locked(&lock)?;
-        }
+        self.gc_if_idle()?;
         Ok(report)
+    }
+
+    /// Collects garbage now unless another process is adding content (then the next gc
+    /// will). Used after `rmi` and after failed pulls, loads and imports, so they leave
+    /// nothing behind.
+    pub fn gc_if_idle(&self) -> Result<Option<GcStats>, ImageError> {
+        match self.lock_exclusive("store.lock", false)? {
+            Some(lock) => self.gc_locked(&lock).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Runs `operation` holding the store lock shared; if it fails, collects what it may
+    /// have left (blobs of an image that never got recorded) once the lock is released.
+    pub fn adding_content<T>(
+        &self,
+        operation: impl FnOnce() -> Result<T, ImageError>,
+    ) -> Result<T, ImageError> {
+        let result = {
+            let _lock = self.lock_shared()?;
+            operation()
+        };
+        if result.is_err()
+            && let Err(e) = self.gc_if_idle()
+        {
+            tracing::warn!(error = %e, "cleaning up after the failed operation");
+        }
+        result
     }
 
     /// Deletes blobs and unpacked layers that no image or container references, and stale
