@@ -270,3 +270,61 @@ fn a_corrupt_blob_is_rejected_and_nothing_is_kept() {
         store.entries("tmp")
     );
 }
+
+#[test]
+fn concurrent_pulls_of_one_image_share_the_store_safely() {
+    let registry = Registry::start();
+    let src = tempfile::tempdir().unwrap();
+    layered_image(src.path());
+    registry.push(src.path(), "v1", "test/concurrent:v1");
+    let store = TestStore::new();
+    let reference = format!("{}/test/concurrent:v1", registry.addr);
+    let pulls: Vec<_> = (0..4)
+        .map(|_| {
+            std::process::Command::new(twinbox_tests::twinbox_bin())
+                .arg("--root")
+                .arg(store.root())
+                .args([
+                    "pull",
+                    "-q",
+                    "--insecure-registry",
+                    &registry.addr,
+                    &reference,
+                ])
+                .env("TWINBOX_CONFIG", store.dir.path().join("config.toml"))
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let ids: Vec<String> = pulls
+        .into_iter()
+        .map(|child| {
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        })
+        .collect();
+    assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+    let images = store.images();
+    assert_eq!(images.len(), 1);
+    assert_eq!(store.entries("layers/sha256").len(), 3);
+    assert!(
+        store.entries("tmp").is_empty(),
+        "{:?}",
+        store.entries("tmp")
+    );
+    // Every stored blob still matches its name.
+    for name in store.entries("blobs/sha256") {
+        let data = std::fs::read(store.root().join("blobs/sha256").join(&name)).unwrap();
+        assert_eq!(twinbox_tests::oci::sha256(&data), format!("sha256:{name}"));
+    }
+    let bundle = store.dir.path().join("bundle");
+    store.ok(&["bundle", &reference, bundle.to_str().unwrap()]);
+    assert_eq!(runc_run(&bundle).status.code(), Some(7));
+}

@@ -165,6 +165,92 @@ fn mount_overlay(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::image::archive;
+
+    fn layer_tar(files: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for (path, data) in files {
+            let mut header = tar::Header::new_gnu();
+            header.set_mode(0o644);
+            header.set_size(data.len() as u64);
+            builder.append_data(&mut header, path, *data).unwrap();
+        }
+        builder.into_inner().unwrap()
+    }
+
+    /// A store holding image `app:1` (one layer with /etc/app.conf).
+    fn store_with_image(dir: &Path) -> (ImageStore, Image) {
+        let store = ImageStore::open(&dir.join("store")).unwrap();
+        let tarball = dir.join("rootfs.tar");
+        std::fs::write(&tarball, layer_tar(&[("etc/app.conf", b"v1\n")])).unwrap();
+        let image = archive::import(&store, &tarball, "app:1", &[]).unwrap();
+        (store, image)
+    }
+
+    #[test]
+    fn containers_share_layers_copy_on_write_and_pin_their_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, image) = store_with_image(dir.path());
+        let a = store.prepare_rootfs("ctr-a", &image).unwrap();
+        let b = store.prepare_rootfs("ctr-b", &image).unwrap();
+        assert!(
+            a.overlay && b.overlay,
+            "overlayfs is available on this host"
+        );
+        std::fs::write(a.path.join("etc/app.conf"), "changed in a").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(b.path.join("etc/app.conf")).unwrap(),
+            "v1\n"
+        );
+        let shared = store
+            .layer_path(&image.layers[0].diff_id)
+            .join("etc/app.conf");
+        assert_eq!(
+            std::fs::read_to_string(shared).unwrap(),
+            "v1\n",
+            "the shared layer stays read-only"
+        );
+        assert!(matches!(
+            store.prepare_rootfs("ctr-a", &image),
+            Err(ImageError::ContainerExists(_))
+        ));
+
+        let err = store.remove_image("app:1", false).unwrap_err();
+        assert!(
+            matches!(&err, ImageError::InUse { containers, .. } if containers.len() == 2),
+            "{err}"
+        );
+        // --force removes the image; the containers keep their layers until they go.
+        store.remove_image("app:1", true).unwrap();
+        assert!(store.layer_path(&image.layers[0].diff_id).is_dir());
+        assert_eq!(
+            std::fs::read_to_string(b.path.join("etc/app.conf")).unwrap(),
+            "v1\n"
+        );
+
+        store.remove_rootfs("ctr-a").unwrap();
+        store.remove_rootfs("ctr-b").unwrap();
+        store.remove_rootfs("ctr-b").unwrap();
+        assert!(!store.container_dir("ctr-a").exists());
+        assert!(store.containers().unwrap().is_empty());
+        store.gc().unwrap();
+        assert!(!store.layer_path(&image.layers[0].diff_id).exists());
+    }
+
+    #[test]
+    fn the_copy_fallback_matches_the_overlay_view() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, image) = store_with_image(dir.path());
+        let mounted = store.prepare_rootfs("ctr", &image).unwrap();
+        let copy = dir.path().join("copy");
+        std::fs::create_dir(&copy).unwrap();
+        flatten(&[store.layer_path(&image.layers[0].diff_id)], &copy).unwrap();
+        assert_eq!(
+            std::fs::read(copy.join("etc/app.conf")).unwrap(),
+            std::fs::read(mounted.path.join("etc/app.conf")).unwrap()
+        );
+        store.remove_rootfs("ctr").unwrap();
+    }
 
     #[test]
     fn container_ids_are_safe_directory_names() {

@@ -154,11 +154,12 @@ fn nix_err<'a>(entry: &'a Path, op: &'static str) -> impl FnOnce(Errno) -> Unpac
 /// An entry's metadata: the ustar header with PAX records applied over it.
 fn read_meta<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Metadata, UnpackError> {
     let header = entry.header();
-    let mtime = TimeSpec::new(header.mtime().map_err(UnpackError::Archive)? as i64, 0);
+    let old = header.as_old();
+    let mtime = TimeSpec::new(numeric(&old.mtime, header.mtime())? as i64, 0);
     let mut meta = Metadata {
-        mode: header.mode().map_err(UnpackError::Archive)? & 0o7777,
-        uid: header.uid().map_err(UnpackError::Archive)? as u32,
-        gid: header.gid().map_err(UnpackError::Archive)? as u32,
+        mode: numeric(&old.mode, header.mode().map(u64::from))? as u32 & 0o7777,
+        uid: numeric(&old.uid, header.uid())? as u32,
+        gid: numeric(&old.gid, header.gid())? as u32,
         atime: mtime,
         mtime,
         xattrs: Vec::new(),
@@ -191,6 +192,15 @@ fn read_meta<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Metadata, UnpackE
         }
     }
     Ok(meta)
+}
+
+/// A numeric header field: blank (all NUL or spaces, as some writers leave unused
+/// fields) means 0, as GNU tar and Go's archive/tar read it.
+fn numeric(field: &[u8], parsed: io::Result<u64>) -> Result<u64, UnpackError> {
+    if field.iter().all(|b| *b == 0 || *b == b' ') {
+        return Ok(0);
+    }
+    parsed.map_err(UnpackError::Archive)
 }
 
 /// Parses a PAX time (`seconds[.fraction]`).
@@ -317,14 +327,13 @@ impl Applier {
                     _ => SFlag::S_IFIFO,
                 };
                 let header = entry.header();
-                let major = header
-                    .device_major()
-                    .map_err(UnpackError::Archive)?
-                    .unwrap_or(0);
-                let minor = header
-                    .device_minor()
-                    .map_err(UnpackError::Archive)?
-                    .unwrap_or(0);
+                let (major, minor) = if kind == EntryType::Fifo {
+                    (0, 0)
+                } else {
+                    let major = header.device_major().map_err(UnpackError::Archive)?;
+                    let minor = header.device_minor().map_err(UnpackError::Archive)?;
+                    (major.unwrap_or(0), minor.unwrap_or(0))
+                };
                 mknodat(
                     &dir,
                     name.as_os_str(),
@@ -478,5 +487,232 @@ impl Applier {
                 .map_err(nix_err(&path, "setting times"))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+
+    use super::*;
+
+    /// Builds test layers entry by entry.
+    struct Tar(tar::Builder<Vec<u8>>);
+
+    impl Tar {
+        fn new() -> Tar {
+            Tar(tar::Builder::new(Vec::new()))
+        }
+
+        fn entry(
+            mut self,
+            path: &str,
+            kind: EntryType,
+            mode: u32,
+            data: &[u8],
+            link: Option<&str>,
+        ) -> Tar {
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(kind);
+            header.set_mode(mode);
+            header.set_size(data.len() as u64);
+            header.set_uid(1234);
+            header.set_gid(5678);
+            header.set_mtime(1_600_000_000);
+            if kind == EntryType::Char {
+                header.set_device_major(1).unwrap();
+                header.set_device_minor(3).unwrap();
+            }
+            match link {
+                Some(link) => self.0.append_link(&mut header, path, link).unwrap(),
+                None => self.0.append_data(&mut header, path, data).unwrap(),
+            }
+            self
+        }
+
+        fn file(self, path: &str, data: &[u8]) -> Tar {
+            self.entry(path, EntryType::Regular, 0o644, data, None)
+        }
+
+        fn dir(self, path: &str) -> Tar {
+            self.entry(path, EntryType::Directory, 0o755, b"", None)
+        }
+
+        /// A PAX header carrying `records` for the next entry.
+        fn pax(mut self, records: &[(&str, &[u8])]) -> Tar {
+            let mut data = Vec::new();
+            for (key, value) in records {
+                let body_len = key.len() + value.len() + 3;
+                let mut len = body_len + body_len.to_string().len();
+                if len.to_string().len() != body_len.to_string().len() {
+                    len += 1;
+                }
+                data.extend_from_slice(format!("{len} {key}=").as_bytes());
+                data.extend_from_slice(value);
+                data.push(b'\n');
+            }
+            let mut header = tar::Header::new_ustar();
+            header.set_entry_type(EntryType::XHeader);
+            header.set_size(data.len() as u64);
+            header.set_path("PaxHeader").unwrap();
+            header.set_cksum();
+            self.0.append(&header, &data[..]).unwrap();
+            self
+        }
+
+        fn apply(self, target: &Path, mode: WhiteoutMode) -> Result<UnpackStats, UnpackError> {
+            apply_layer(&self.0.into_inner().unwrap()[..], target, mode)
+        }
+    }
+
+    #[test]
+    fn metadata_links_and_special_files_are_reproduced() {
+        let dir = tempfile::tempdir().unwrap();
+        let long_name = format!("deep/{}", "n".repeat(150));
+        let stats = Tar::new()
+            .dir("bin")
+            .entry("bin/su", EntryType::Regular, 0o4755, b"setuid", None)
+            .entry("bin/link", EntryType::Symlink, 0o777, b"", Some("su"))
+            .entry("bin/hard", EntryType::Link, 0o644, b"", Some("bin/su"))
+            .entry("dev-null", EntryType::Char, 0o666, b"", None)
+            .entry("pipe", EntryType::Fifo, 0o600, b"", None)
+            .pax(&[
+                ("SCHILY.xattr.user.twinbox", b"yes"),
+                ("SCHILY.xattr.trusted.overlay.opaque", b"y"),
+            ])
+            .dir("xattr-dir")
+            .file(&long_name, b"long")
+            .apply(dir.path(), WhiteoutMode::Overlay)
+            .unwrap();
+        assert_eq!(stats.entries, 8);
+        let root = dir.path();
+        let su = std::fs::symlink_metadata(root.join("bin/su")).unwrap();
+        assert_eq!(
+            su.permissions().mode() & 0o7777,
+            0o4755,
+            "setuid bit survives chown"
+        );
+        assert_eq!((su.uid(), su.gid()), (1234, 5678));
+        assert_eq!(su.mtime(), 1_600_000_000);
+        assert_eq!(
+            std::fs::read_link(root.join("bin/link")).unwrap(),
+            Path::new("su")
+        );
+        assert_eq!(
+            std::fs::symlink_metadata(root.join("bin/hard"))
+                .unwrap()
+                .ino(),
+            su.ino()
+        );
+        let null = std::fs::symlink_metadata(root.join("dev-null")).unwrap();
+        assert!(null.file_type().is_char_device());
+        assert_eq!(null.rdev(), nix::sys::stat::makedev(1, 3));
+        assert!(
+            std::fs::symlink_metadata(root.join("pipe"))
+                .unwrap()
+                .file_type()
+                .is_fifo()
+        );
+        // Directory mtimes are set after their children were created.
+        assert_eq!(
+            std::fs::metadata(root.join("bin")).unwrap().mtime(),
+            1_600_000_000
+        );
+        let xdir = crate::image::fsutil::Root::open(root).unwrap();
+        let xattrs = fsutil::xattrs_at(xdir.fd(), OsStr::new("xattr-dir")).unwrap();
+        assert!(
+            xattrs.contains(&("user.twinbox".to_string(), b"yes".to_vec())),
+            "{xattrs:?}"
+        );
+        assert!(
+            !xattrs.iter().any(|(k, _)| k.starts_with("trusted.")),
+            "image forged an overlay xattr"
+        );
+        assert_eq!(std::fs::read(root.join(&long_name)).unwrap(), b"long");
+    }
+
+    fn lower(dir: &Path) {
+        Tar::new()
+            .dir("etc")
+            .file("etc/keep", b"k")
+            .file("etc/gone", b"g")
+            .dir("opq")
+            .file("opq/old", b"o")
+            .apply(dir, WhiteoutMode::Apply)
+            .unwrap();
+    }
+
+    fn upper() -> Tar {
+        Tar::new()
+            .file("etc/.wh.gone", b"")
+            .file("opq/same-layer", b"s")
+            .file("opq/.wh..wh..opq", b"")
+            .file("etc/.wh.keep-new", b"")
+            .file("etc/keep-new", b"n")
+    }
+
+    #[test]
+    fn whiteouts_become_overlay_whiteouts_in_a_layer_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        upper().apply(dir.path(), WhiteoutMode::Overlay).unwrap();
+        let gone = std::fs::symlink_metadata(dir.path().join("etc/gone")).unwrap();
+        assert!(gone.file_type().is_char_device() && gone.rdev() == 0);
+        let root = Root::open(dir.path()).unwrap();
+        let opq = root.open_dir(Path::new("opq")).unwrap();
+        assert_eq!(
+            fsutil::get_xattr_fd(&opq, OVERLAY_OPAQUE_XATTR)
+                .unwrap()
+                .as_deref(),
+            Some(&b"y"[..])
+        );
+        // Entries of the same layer are not hidden by its whiteouts.
+        assert_eq!(
+            std::fs::read(dir.path().join("opq/same-layer")).unwrap(),
+            b"s"
+        );
+        assert_eq!(
+            std::fs::read(dir.path().join("etc/keep-new")).unwrap(),
+            b"n"
+        );
+    }
+
+    #[test]
+    fn whiteouts_delete_lower_content_when_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        lower(dir.path());
+        upper().apply(dir.path(), WhiteoutMode::Apply).unwrap();
+        let mut names: Vec<String> = walk(dir.path());
+        names.sort();
+        assert_eq!(
+            names,
+            ["etc", "etc/keep", "etc/keep-new", "opq", "opq/same-layer"]
+        );
+    }
+
+    fn walk(root: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                out.push(path.strip_prefix(root).unwrap().display().to_string());
+                if path.is_dir() {
+                    stack.push(path);
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_truncated_layer_is_an_archive_error() {
+        let tar = Tar::new()
+            .file("big", &[7u8; 10_000])
+            .0
+            .into_inner()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let err = apply_layer(&tar[..3000], dir.path(), WhiteoutMode::Overlay).unwrap_err();
+        assert!(matches!(err, UnpackError::Archive(_)), "{err}");
     }
 }

@@ -270,8 +270,9 @@ fn set_env(env: &mut Vec<String>, entry: &str) {
 
 /// Docker's default capability set with `add` and `drop` applied.
 pub fn capabilities(add: &[String], drop: &[String]) -> Result<Vec<Capability>, SpecError> {
+    // oci-spec's deserializer accepts both `SYS_ADMIN` and `CAP_SYS_ADMIN`, any case.
     let parse = |name: &String| {
-        name.parse::<Capability>()
+        serde_json::from_value::<Capability>(serde_json::Value::String(name.clone()))
             .map_err(|_| SpecError::Capability(name.clone()))
     };
     let mut caps: Vec<Capability> = if drop.iter().any(|d| d.eq_ignore_ascii_case("ALL")) {
@@ -373,4 +374,206 @@ fn rlimit_type(name: &str) -> Option<PosixRlimitType> {
             _ => return None,
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oci_spec::runtime::LinuxSeccompAction;
+    use serde_json::json;
+
+    fn image(config: serde_json::Value) -> ImageConfiguration {
+        serde_json::from_value(json!({
+            "architecture": "amd64", "os": "linux", "config": config,
+            "rootfs": {"type": "layers", "diff_ids": []}
+        }))
+        .unwrap()
+    }
+
+    fn rootfs() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("etc")).unwrap();
+        std::fs::write(
+            dir.path().join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\nweb:x:33:33::/var/www:/bin/sh\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("etc/group"), "root:x:0:\nweb:x:33:\n").unwrap();
+        dir
+    }
+
+    fn allowed(spec: &Spec, name: &str) -> bool {
+        let seccomp = spec.linux().as_ref().unwrap().seccomp().as_ref().unwrap();
+        seccomp.syscalls().as_ref().unwrap().iter().any(|rule| {
+            rule.action() == LinuxSeccompAction::ScmpActAllow
+                && rule.args().is_none()
+                && rule.names().iter().any(|n| n == name)
+        })
+    }
+
+    #[test]
+    fn entrypoint_cmd_and_overrides_follow_docker_rules() {
+        let root = rootfs();
+        let config = image(
+            json!({"Entrypoint": ["/entry"], "Cmd": ["default"], "Env": ["A=1", "PATH=/bin"], "WorkingDir": "srv", "User": "web"}),
+        );
+        let spec = from_image(&config, root.path(), &SpecOptions::default()).unwrap();
+        let process = spec.process().as_ref().unwrap();
+        assert_eq!(process.args().as_ref().unwrap(), &["/entry", "default"]);
+        assert_eq!(process.cwd(), Path::new("/srv"));
+        assert_eq!((process.user().uid(), process.user().gid()), (33, 33));
+        let env = process.env().as_ref().unwrap();
+        assert!(
+            env.contains(&"PATH=/bin".into()) && env.contains(&"HOME=/var/www".into()),
+            "{env:?}"
+        );
+        assert!(process.no_new_privileges().unwrap());
+        // A non-root user starts without effective capabilities; the bounding set stays.
+        let caps = process.capabilities().as_ref().unwrap();
+        assert!(caps.effective().as_ref().unwrap().is_empty());
+        assert_eq!(
+            caps.bounding().as_ref().unwrap().len(),
+            defaults::CAPABILITIES.len()
+        );
+
+        let options = SpecOptions {
+            command: vec!["override".into()],
+            env: vec!["A=2".into()],
+            user: Some("0:0".into()),
+            ..Default::default()
+        };
+        let spec = from_image(&config, root.path(), &options).unwrap();
+        let process = spec.process().as_ref().unwrap();
+        assert_eq!(process.args().as_ref().unwrap(), &["/entry", "override"]);
+        assert!(process.env().as_ref().unwrap().contains(&"A=2".into()));
+        assert_eq!(
+            process
+                .capabilities()
+                .as_ref()
+                .unwrap()
+                .effective()
+                .as_ref()
+                .unwrap()
+                .len(),
+            14
+        );
+
+        let cleared = SpecOptions {
+            entrypoint: Some(vec![]),
+            ..Default::default()
+        };
+        assert!(matches!(
+            from_image(&config, root.path(), &cleared),
+            Err(SpecError::NoCommand)
+        ));
+        let bad_env = SpecOptions {
+            env: vec!["NOVALUE".into()],
+            ..Default::default()
+        };
+        assert!(from_image(&config, root.path(), &bad_env).is_err());
+    }
+
+    #[test]
+    fn defaults_harden_the_container() {
+        let root = rootfs();
+        let config =
+            image(json!({"Cmd": ["/bin/sh"], "Labels": {"a.b": "c"}, "StopSignal": "SIGINT"}));
+        let spec = from_image(&config, root.path(), &SpecOptions::default()).unwrap();
+        let linux = spec.linux().as_ref().unwrap();
+        assert!(
+            linux
+                .masked_paths()
+                .as_ref()
+                .unwrap()
+                .contains(&"/proc/kcore".into())
+        );
+        assert!(
+            linux
+                .readonly_paths()
+                .as_ref()
+                .unwrap()
+                .contains(&"/proc/sys".into())
+        );
+        let destinations: Vec<String> = spec
+            .mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|m| m.destination().display().to_string())
+            .collect();
+        for wanted in [
+            "/proc",
+            "/dev",
+            "/dev/pts",
+            "/dev/shm",
+            "/dev/mqueue",
+            "/sys",
+            "/sys/fs/cgroup",
+        ] {
+            assert!(
+                destinations.contains(&wanted.to_string()),
+                "{wanted} missing: {destinations:?}"
+            );
+        }
+        assert_eq!(
+            linux.devices().as_ref().unwrap().len(),
+            defaults::STANDARD_DEVICES.len()
+        );
+        assert!(allowed(&spec, "read") && allowed(&spec, "execve"));
+        assert!(
+            !allowed(&spec, "mount") && !allowed(&spec, "unshare") && !allowed(&spec, "ptrace")
+        );
+        let annotations = spec.annotations().as_ref().unwrap();
+        assert_eq!(annotations["a.b"], "c");
+        assert_eq!(annotations["org.opencontainers.image.stopSignal"], "SIGINT");
+
+        let privileged = SpecOptions {
+            cap_add: vec!["SYS_ADMIN".into(), "CAP_SYS_PTRACE".into()],
+            ..Default::default()
+        };
+        let spec = from_image(&config, root.path(), &privileged).unwrap();
+        assert!(allowed(&spec, "mount") && allowed(&spec, "ptrace"));
+        let unconfined = SpecOptions {
+            seccomp_unconfined: true,
+            cap_drop: vec!["ALL".into()],
+            ..Default::default()
+        };
+        let spec = from_image(&config, root.path(), &unconfined).unwrap();
+        assert!(spec.linux().as_ref().unwrap().seccomp().is_none());
+        let caps = spec
+            .process()
+            .as_ref()
+            .unwrap()
+            .capabilities()
+            .as_ref()
+            .unwrap();
+        assert!(caps.bounding().as_ref().unwrap().is_empty());
+        assert!(capabilities(&["NOT_A_CAP".into()], &[]).is_err());
+    }
+
+    #[test]
+    fn rlimits_stay_within_what_the_host_grants() {
+        let (_, host_hard) =
+            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+        let limits = rlimits(&[]).unwrap();
+        let nofile = limits
+            .iter()
+            .find(|l| l.typ() == PosixRlimitType::RlimitNofile)
+            .unwrap();
+        assert!(nofile.hard() <= host_hard && nofile.soft() <= nofile.hard());
+        let limits = rlimits(&["nofile=100:200".into(), "nproc=50".into()]).unwrap();
+        let nofile = limits
+            .iter()
+            .find(|l| l.typ() == PosixRlimitType::RlimitNofile)
+            .unwrap();
+        assert_eq!((nofile.soft(), nofile.hard()), (100, 200));
+        assert!(
+            limits
+                .iter()
+                .any(|l| l.typ() == PosixRlimitType::RlimitNproc && l.soft() == 50)
+        );
+        for bad in ["nofile", "bogus=1", "nofile=2:1", "nofile=x"] {
+            assert!(rlimits(&[bad.into()]).is_err(), "{bad} accepted");
+        }
+    }
 }
