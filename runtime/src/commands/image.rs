@@ -7,7 +7,7 @@ use crate::cli::GlobalOpts;
 use crate::cli::image::{BundleArgs, Format, ImageCommand, ImagesArgs, SpecArgs};
 use crate::config::Config;
 use crate::image::store::DEFAULT_ROOT;
-use crate::image::{Image, ImageStore, Platform, PullOptions, archive, manifest};
+use crate::image::{Image, ImageStore, Platform, PullOptions, archive};
 use crate::spec::{self, SpecOptions};
 
 /// Environment variable overriding the store root.
@@ -183,6 +183,7 @@ fn list_images(store: &ImageStore, args: &ImagesArgs) -> CommandResult {
                 .names
                 .iter()
                 .map(|n| {
+                    let n = &short_name(n);
                     match n
                         .rsplit_once(':')
                         .filter(|(repo, _)| !repo.is_empty() && !n[repo.len()..].contains('/'))
@@ -222,7 +223,7 @@ fn inspect(
     image: &Image,
 ) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
     let manifest: serde_json::Value = serde_json::from_slice(&store.read_blob(&image.manifest)?)?;
-    let config = manifest::parse_config(&store.read_blob(&image.id)?)?;
+    let config = store.config(image)?;
     let mut value = serde_json::to_value(image)?;
     value["Size"] = image.size().into();
     value["Manifest"] = manifest;
@@ -234,6 +235,12 @@ fn inspect(
         .collect::<Vec<_>>()
         .into();
     Ok(value)
+}
+
+/// A name as docker shows it: without `docker.io/` and `library/` for Docker Hub.
+fn short_name(name: &str) -> String {
+    let name = name.strip_prefix("docker.io/").unwrap_or(name);
+    name.strip_prefix("library/").unwrap_or(name).to_string()
 }
 
 /// Sizes as `docker images` prints them (decimal units).

@@ -46,10 +46,7 @@ impl ImageStore {
     pub fn prepare_rootfs(&self, container_id: &str, image: &Image) -> Result<Rootfs, ImageError> {
         validate_container_id(container_id)?;
         let _lock = self.lock_shared()?;
-        let mut layer_dirs = Vec::new();
-        for layer in &image.layers {
-            layer_dirs.push(self.ensure_layer(layer)?);
-        }
+        let layer_dirs = self.layer_dirs(image)?;
         self.add_container(container_id, image)?;
         let result = self.build_rootfs(container_id, &layer_dirs);
         if result.is_err() {

@@ -212,6 +212,18 @@ impl ImageStore {
         fs::read(&path).map_err(|e| ImageError::io(&path, "reading the blob", e))
     }
 
+    /// The image's config (Entrypoint, Cmd, Env, ...), for [`crate::spec::from_image`].
+    pub fn config(&self, image: &Image) -> Result<oci_spec::image::ImageConfiguration, ImageError> {
+        super::manifest::parse_config(&self.read_blob(&image.id)?)
+    }
+
+    /// The unpacked layer directories of an image, bottom first, unpacking any that are
+    /// missing. Stack them (overlayfs lowerdir is top first) or copy them; never write to them.
+    pub fn layer_dirs(&self, image: &Image) -> Result<Vec<PathBuf>, ImageError> {
+        let _lock = self.lock_shared()?;
+        image.layers.iter().map(|l| self.ensure_layer(l)).collect()
+    }
+
     /// A staging file for a blob being written.
     pub fn blob_writer(&self) -> Result<BlobWriter, ImageError> {
         let tmp = self.root.join("tmp");

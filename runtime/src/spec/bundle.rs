@@ -8,7 +8,6 @@ use oci_spec::runtime::Spec;
 
 use super::{SpecError, SpecOptions, from_image};
 use crate::image::flatten::flatten;
-use crate::image::manifest::parse_config;
 use crate::image::{Image, ImageError, ImageStore, fsutil};
 
 /// A bundle that could not be written.
@@ -77,17 +76,13 @@ fn fill_bundle(
     let rootfs = dir.join("rootfs");
     fs::create_dir(&rootfs).map_err(|e| ImageError::io(&rootfs, "creating", e))?;
     {
+        // Held while copying, so a concurrent rmi + gc cannot delete the layers under us.
         let _lock = store.lock_shared()?;
-        let layers = image
-            .layers
-            .iter()
-            .map(|l| store.ensure_layer(l))
-            .collect::<Result<Vec<_>, _>>()?;
+        let layers = store.layer_dirs(image)?;
         flatten(&layers, &rootfs)
             .map_err(|e| ImageError::io(&rootfs, "copying the image layers into", e))?;
     }
-    let config = parse_config(&store.read_blob(&image.id)?)?;
-    let spec = from_image(&config, &rootfs, options)?;
+    let spec = from_image(&store.config(image)?, &rootfs, options)?;
     let path = dir.join("config.json");
     let json = serde_json::to_vec_pretty(&spec).expect("spec serializes");
     fs::write(&path, json).map_err(|e| ImageError::io(&path, "writing", e))?;
