@@ -255,3 +255,38 @@ fn bad_inputs_get_clear_errors() {
         store.entries("blobs/sha256")
     );
 }
+
+#[test]
+fn multi_platform_layout_loads_the_chosen_platform() {
+    let work = tempfile::tempdir().unwrap();
+    let mut layout = OciLayout::create(&work.path().join("layout"));
+    let amd64 = layout.image(
+        &[busybox_layer(Compression::Gzip)],
+        json!({"Cmd": ["/bin/true"]}),
+        "amd64",
+    );
+    let arm64_layer = LayerBuilder::new()
+        .file("arch", b"arm64\n", 0o644)
+        .finish(Compression::Gzip);
+    let arm64 = layout.image(&[arm64_layer], json!({"Cmd": ["/bin/true"]}), "arm64");
+    let index = layout.index(vec![amd64, arm64]);
+    layout.tag(index, "example.com/multi:2");
+
+    let store = TestStore::new();
+    let dir = layout.dir.to_str().unwrap();
+    assert_eq!(
+        store.ok(&["load", dir]),
+        "Loaded image: example.com/multi:2\n"
+    );
+    assert_eq!(store.images()[0]["platform"], "linux/amd64");
+    store.ok(&["load", dir, "--platform", "linux/arm64"]);
+    let images = store.images();
+    assert_eq!(images.len(), 2);
+    let arm = images
+        .iter()
+        .find(|i| i["platform"] == "linux/arm64")
+        .unwrap();
+    assert_eq!(arm["names"], json!(["example.com/multi:2"]));
+    let err = store.fails(&["load", dir, "--platform", "linux/riscv64"]);
+    assert!(err.contains("linux/riscv64"), "{err}");
+}

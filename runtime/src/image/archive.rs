@@ -158,7 +158,8 @@ fn load_oci_layout(
         {
             names.names.push(full);
         } else if let Some(tag) = annotations.get("org.opencontainers.image.ref.name") {
-            let full = if tag.contains('/') {
+            // A full reference (`example.com/app:1`, `app:1`) or just a tag (`v1`).
+            let full = if tag.contains('/') || tag.contains(':') {
                 reference::normalize_name(tag)
             } else {
                 reference::normalize_name(&format!("{default_repo}:{tag}"))
