@@ -287,3 +287,21 @@ pub fn busybox_layer(compression: Compression) -> Layer {
     crate::busybox_rootfs(dir.path()).unwrap();
     LayerBuilder::new().tree(dir.path()).finish(compression)
 }
+
+/// A layout whose tag `tag` is an index of two images: linux/amd64 (busybox) and
+/// linux/arm64 (one file, /arch).
+pub fn multi_platform_layout(dir: &Path, tag: &str) -> OciLayout {
+    let mut layout = OciLayout::create(dir);
+    let amd64 = layout.image(
+        &[busybox_layer(Compression::Gzip)],
+        json!({"Cmd": ["/bin/true"]}),
+        "amd64",
+    );
+    let arm64_layer = LayerBuilder::new()
+        .file("arch", b"arm64\n", 0o644)
+        .finish(Compression::Gzip);
+    let arm64 = layout.image(&[arm64_layer], json!({"Cmd": ["/bin/true"]}), "arm64");
+    let index = layout.index(vec![amd64, arm64]);
+    layout.tag(index, tag);
+    layout
+}

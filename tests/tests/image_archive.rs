@@ -5,7 +5,9 @@
 use std::process::Command;
 
 use serde_json::json;
-use twinbox_tests::oci::{Compression, LayerBuilder, OciLayout, busybox_layer};
+use twinbox_tests::oci::{
+    Compression, LayerBuilder, OciLayout, busybox_layer, multi_platform_layout,
+};
 use twinbox_tests::store::{TestStore, runc_run};
 
 fn run_tool(program: &str, args: &[&str]) {
@@ -259,18 +261,7 @@ fn bad_inputs_get_clear_errors() {
 #[test]
 fn multi_platform_layout_loads_the_chosen_platform() {
     let work = tempfile::tempdir().unwrap();
-    let mut layout = OciLayout::create(&work.path().join("layout"));
-    let amd64 = layout.image(
-        &[busybox_layer(Compression::Gzip)],
-        json!({"Cmd": ["/bin/true"]}),
-        "amd64",
-    );
-    let arm64_layer = LayerBuilder::new()
-        .file("arch", b"arm64\n", 0o644)
-        .finish(Compression::Gzip);
-    let arm64 = layout.image(&[arm64_layer], json!({"Cmd": ["/bin/true"]}), "arm64");
-    let index = layout.index(vec![amd64, arm64]);
-    layout.tag(index, "example.com/multi:2");
+    let layout = multi_platform_layout(&work.path().join("layout"), "example.com/multi:2");
 
     let store = TestStore::new();
     let dir = layout.dir.to_str().unwrap();

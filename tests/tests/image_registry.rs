@@ -4,7 +4,9 @@
 //! insecure_registries, and the pulled image run with `runc run` from a bundle.
 
 use serde_json::json;
-use twinbox_tests::oci::{Compression, LayerBuilder, OciLayout, busybox_layer};
+use twinbox_tests::oci::{
+    Compression, LayerBuilder, OciLayout, busybox_layer, multi_platform_layout,
+};
 use twinbox_tests::registry::{Registry, TokenProxy};
 use twinbox_tests::store::{TestStore, runc_run};
 
@@ -133,18 +135,7 @@ fn pulled_layers_stack_and_the_bundle_runs_under_runc() {
 fn platform_is_selected_from_an_index() {
     let registry = Registry::start();
     let src = tempfile::tempdir().unwrap();
-    let mut layout = OciLayout::create(src.path());
-    let amd64 = layout.image(
-        &[busybox_layer(Compression::Gzip)],
-        json!({"Cmd": ["/bin/true"]}),
-        "amd64",
-    );
-    let arm64_layer = LayerBuilder::new()
-        .file("arch", b"arm64\n", 0o644)
-        .finish(Compression::Gzip);
-    let arm64 = layout.image(&[arm64_layer], json!({"Cmd": ["/bin/true"]}), "arm64");
-    let index = layout.index(vec![amd64, arm64]);
-    layout.tag(index, "multi");
+    multi_platform_layout(src.path(), "multi");
     registry.push(src.path(), "multi", "test/multi:1");
 
     let store = TestStore::new();
