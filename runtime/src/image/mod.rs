@@ -145,6 +145,9 @@ pub enum ImageError {
         "invalid --change {0:?}: expected CMD, ENTRYPOINT, ENV, WORKDIR, USER, LABEL, EXPOSE, VOLUME or STOPSIGNAL with a value"
     )]
     BadChange(String),
+    /// The user interrupted the operation (Ctrl-C).
+    #[error("interrupted; nothing was added to the store")]
+    Interrupted,
     /// Mounting or unmounting a container root filesystem failed.
     #[error("{op} {path}: {source}")]
     Mount {

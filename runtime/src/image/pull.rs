@@ -40,12 +40,24 @@ pub fn pull(
     options: &PullOptions,
 ) -> Result<Image, ImageError> {
     let parsed = reference::parse(reference)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| ImageError::io(store.root(), "starting the download runtime", e))?;
-    store.adding_content(|| runtime.block_on(Puller::new(store, parsed, options)?.run()))
+    store.adding_content(|| {
+        // Created and dropped inside the locked section: dropping the runtime waits for
+        // unpacking tasks still running after a cancel, so gc never races them.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| ImageError::io(store.root(), "starting the download runtime", e))?;
+        let puller = Puller::new(store, parsed, options)?;
+        runtime.block_on(async {
+            // Ctrl-C cancels the pull cleanly: staging files are dropped and whatever this
+            // pull stored without recording an image is collected.
+            tokio::select! {
+                result = puller.run() => result,
+                _ = tokio::signal::ctrl_c() => Err(ImageError::Interrupted),
+            }
+        })
+    })
 }
 
 struct Puller<'a> {
