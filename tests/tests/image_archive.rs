@@ -180,6 +180,23 @@ fn import_images_inspect_rmi_and_gc() {
     assert_eq!(config["WorkingDir"], "/tmp");
     assert_eq!(inspect[0]["layers"][0]["diff_id"], layer.diff_id);
     assert_eq!(run_bundle(&store, "tools:1", "b1"), "imported in /tmp\n");
+    // The default spec confines the process: no namespace creation (seccomp + no
+    // CAP_SYS_ADMIN), no new privileges, /proc/kcore masked.
+    let confined = store.dir.path().join("confined");
+    store.ok(&[
+        "bundle",
+        "tools:1",
+        confined.to_str().unwrap(),
+        "--",
+        "/bin/sh",
+        "-c",
+        "unshare -n true 2>/dev/null && echo ESCAPED; grep NoNewPrivs /proc/self/status; test -s /proc/kcore && echo KCORE; echo done",
+    ]);
+    let out = runc_run(&confined);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "NoNewPrivs:\t1\ndone\n"
+    );
     // By short id too.
     store.ok(&["inspect", &id["sha256:".len().."sha256:".len() + 12]]);
 

@@ -260,6 +260,10 @@ fn a_corrupt_blob_is_rejected_and_nothing_is_kept() {
         "staging files left: {:?}",
         store.entries("tmp")
     );
+
+    let missing = format!("{}/test/corrupt:nope", registry.addr);
+    let err = store.fails(&["pull", "--insecure-registry", &registry.addr, &missing]);
+    assert!(err.contains("check the repository name"), "{err}");
 }
 
 #[test]

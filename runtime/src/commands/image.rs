@@ -87,18 +87,17 @@ fn execute(global: &GlobalOpts, command: ImageCommand) -> CommandResult {
             println!("{}", serde_json::to_string_pretty(&out)?);
         }
         ImageCommand::Rmi(args) => {
-            let mut failed = None;
+            // Like docker: remove what can be removed, report each failure, fail at the end.
+            let mut errors = Vec::new();
             for spec in &args.images {
                 match store.remove_image(spec, args.force) {
                     Ok(lines) => lines.iter().for_each(|l| println!("{l}")),
-                    Err(e) => {
-                        eprintln!("twinbox: {e}");
-                        failed = Some(e);
-                    }
+                    Err(e) => errors.push(e),
                 }
             }
-            if let Some(e) = failed {
-                return Err(format!("not every image was removed (last error: {e})").into());
+            if let Some(last) = errors.pop() {
+                errors.iter().for_each(|e| eprintln!("twinbox: {e}"));
+                return Err(last.into());
             }
         }
         ImageCommand::Gc => {
