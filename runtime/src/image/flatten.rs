@@ -166,3 +166,100 @@ impl Copier<'_> {
         .map_err(|(op, e)| io::Error::new(e.kind(), format!("{op}: {e}")))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    use super::*;
+    use crate::image::unpack::{WhiteoutMode, apply_layer};
+
+    fn layer(dir: &Path, build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> PathBuf {
+        let mut builder = tar::Builder::new(Vec::new());
+        build(&mut builder);
+        std::fs::create_dir(dir).unwrap();
+        apply_layer(
+            &builder.into_inner().unwrap()[..],
+            dir,
+            WhiteoutMode::Overlay,
+        )
+        .unwrap();
+        dir.to_path_buf()
+    }
+
+    fn add(
+        builder: &mut tar::Builder<Vec<u8>>,
+        path: &str,
+        kind: tar::EntryType,
+        data: &[u8],
+        link: Option<&str>,
+    ) {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(kind);
+        header.set_mode(if kind == tar::EntryType::Directory {
+            0o750
+        } else {
+            0o640
+        });
+        header.set_size(data.len() as u64);
+        header.set_mtime(1_500_000_000);
+        match link {
+            Some(link) => builder.append_link(&mut header, path, link).unwrap(),
+            None => builder.append_data(&mut header, path, data).unwrap(),
+        }
+    }
+
+    #[test]
+    fn layers_flatten_to_what_overlayfs_shows() {
+        use tar::EntryType::{Directory, Link, Regular, Symlink};
+        let work = tempfile::tempdir().unwrap();
+        let lower = layer(&work.path().join("lower"), |b| {
+            add(b, "dir", Directory, b"", None);
+            add(b, "dir/old", Regular, b"old", None);
+            add(b, "gone", Regular, b"gone", None);
+            add(b, "was-file", Regular, b"f", None);
+        });
+        let upper = layer(&work.path().join("upper"), |b| {
+            add(b, "dir", Directory, b"", None);
+            add(b, "dir/.wh..wh..opq", Regular, b"", None);
+            add(b, "dir/new", Regular, b"new", None);
+            add(b, ".wh.gone", Regular, b"", None);
+            add(b, "was-file", Directory, b"", None);
+            add(b, "a", Regular, b"shared", None);
+            add(b, "b", Link, b"", Some("a"));
+            add(b, "s", Symlink, b"", Some("a"));
+        });
+        let target = work.path().join("flat");
+        std::fs::create_dir(&target).unwrap();
+        flatten(&[lower, upper], &target).unwrap();
+
+        let mut names: Vec<String> = std::fs::read_dir(&target)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["a", "b", "dir", "s", "was-file"]);
+        assert_eq!(
+            std::fs::read_dir(target.join("dir")).unwrap().count(),
+            1,
+            "opaque dir hides old"
+        );
+        assert_eq!(std::fs::read(target.join("dir/new")).unwrap(), b"new");
+        assert!(target.join("was-file").is_dir());
+        let (a, b) = (
+            std::fs::metadata(target.join("a")).unwrap(),
+            std::fs::metadata(target.join("b")).unwrap(),
+        );
+        assert_eq!(a.ino(), b.ino(), "hardlinks stay linked");
+        assert_eq!(a.permissions().mode() & 0o7777, 0o640);
+        assert_eq!(a.mtime(), 1_500_000_000);
+        assert_eq!(
+            std::fs::read_link(target.join("s")).unwrap(),
+            Path::new("a")
+        );
+        assert_eq!(
+            std::fs::metadata(target.join("dir")).unwrap().mtime(),
+            1_500_000_000
+        );
+    }
+}
