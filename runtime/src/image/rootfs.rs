@@ -188,6 +188,18 @@ mod tests {
     fn containers_share_layers_copy_on_write_and_pin_their_image() {
         let dir = tempfile::tempdir().unwrap();
         let (store, image) = store_with_image(dir.path());
+        for private in ["layers", "containers"] {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(store.root().join(private))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(
+                mode & 0o777,
+                0o700,
+                "{private} must not be reachable by host users"
+            );
+        }
         let a = store.prepare_rootfs("ctr-a", &image).unwrap();
         let b = store.prepare_rootfs("ctr-b", &image).unwrap();
         assert!(

@@ -128,14 +128,25 @@ pub struct StoreLock(#[allow(dead_code)] File);
 
 impl ImageStore {
     /// Opens (creating if needed) the store at `root`.
+    ///
+    /// The top-level directories are mode 0700: unpacked layers hold the images' setuid
+    /// binaries and device nodes, which host users must not be able to reach.
     pub fn open(root: &Path) -> Result<ImageStore, ImageError> {
+        use std::os::unix::fs::PermissionsExt;
         let store = ImageStore {
             root: root.to_path_buf(),
         };
-        for dir in ["blobs/sha256", "layers/sha256", "containers", "tmp"] {
+        for (dir, sub) in [
+            ("blobs", "sha256"),
+            ("layers", "sha256"),
+            ("containers", ""),
+            ("tmp", ""),
+        ] {
             let path = root.join(dir);
-            fs::create_dir_all(&path)
+            fs::create_dir_all(path.join(sub))
                 .map_err(|e| ImageError::io(&path, "creating the store directory", e))?;
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o700))
+                .map_err(|e| ImageError::io(&path, "restricting access to", e))?;
         }
         Ok(store)
     }
