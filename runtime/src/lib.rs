@@ -7,3 +7,6 @@
 
 pub mod cli;
 pub mod commands;
+pub mod config;
+pub mod image;
+pub mod spec;

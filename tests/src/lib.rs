@@ -2,6 +2,10 @@
 //! root filesystems. Area-specific fixtures (registry, emulated KVM host, ...) live in their
 //! own modules.
 
+pub mod oci;
+pub mod registry;
+pub mod store;
+
 use std::path::{Path, PathBuf};
 
 pub mod cpio;

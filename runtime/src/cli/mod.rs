@@ -5,6 +5,8 @@
 //! command set: people (docker/podman-style image and container commands) and container
 //! engines (the runc-compatible OCI runtime commands that podman and containerd call).
 
+pub mod image;
+
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -61,4 +63,7 @@ pub enum LogFormat {
 
 /// Every twinbox command.
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    #[command(flatten)]
+    Image(image::ImageCommand),
+}

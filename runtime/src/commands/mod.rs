@@ -1,6 +1,8 @@
 //! Turns parsed command lines into library calls.
 
-use crate::cli::Cli;
+mod image;
+
+use crate::cli::{Cli, Command};
 
 /// The version text printed by `twinbox --version` (runc-compatible layout).
 pub fn version_text() -> String {
@@ -22,6 +24,8 @@ pub fn run(cli: Cli) -> i32 {
             eprintln!("twinbox: no command given; run `twinbox --help` to list the commands");
             2
         }
-        Some(command) => match command {},
+        Some(command) => match command {
+            Command::Image(command) => image::run(&cli.global, command),
+        },
     }
 }

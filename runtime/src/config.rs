@@ -1,0 +1,102 @@
+//! The twinbox config file: `/etc/twinbox/config.toml`, or the file `$TWINBOX_CONFIG` names.
+//!
+//! ```toml
+//! # Registries spoken to over plain HTTP (host or host:port).
+//! insecure_registries = ["127.0.0.1:5000"]
+//! ```
+//!
+//! A missing file means defaults. Unknown keys are errors, so a typo does not silently
+//! change nothing.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Default config file location.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/twinbox/config.toml";
+
+/// Environment variable naming another config file.
+pub const CONFIG_ENV: &str = "TWINBOX_CONFIG";
+
+/// A config file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file exists but cannot be read.
+    #[error("reading config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown keys or wrong types.
+    #[error("config file {path} is invalid: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said (with line and column).
+        message: String,
+    },
+}
+
+/// twinbox's settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Registries (`host` or `host:port`) reached over plain HTTP instead of HTTPS.
+    #[serde(default)]
+    pub insecure_registries: Vec<String>,
+}
+
+impl Config {
+    /// The path in force: `$TWINBOX_CONFIG` if set, else the default.
+    pub fn path() -> PathBuf {
+        std::env::var_os(CONFIG_ENV)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH))
+    }
+
+    /// Loads the config file in force ([`Config::path`]).
+    pub fn load() -> Result<Config, ConfigError> {
+        Config::load_from(&Config::path())
+    }
+
+    /// Loads `path`; a missing file gives the defaults.
+    pub fn load_from(path: &Path) -> Result<Config, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loads_keys_and_rejects_typos() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        assert_eq!(Config::load_from(&path).unwrap(), Config::default());
+        std::fs::write(&path, "insecure_registries = [\"127.0.0.1:5000\"]\n").unwrap();
+        assert_eq!(
+            Config::load_from(&path).unwrap().insecure_registries,
+            ["127.0.0.1:5000"]
+        );
+        std::fs::write(&path, "insecure_registry = [\"x\"]\n").unwrap();
+        let err = Config::load_from(&path).unwrap_err().to_string();
+        assert!(err.contains("insecure_registry"), "{err}");
+    }
+}
