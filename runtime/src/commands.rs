@@ -1,6 +1,6 @@
 //! Turns parsed command lines into library calls.
 
-use crate::cli::Cli;
+use crate::cli::{Cli, Command};
 
 /// The version text printed by `twinbox --version` (runc-compatible layout).
 pub fn version_text() -> String {
@@ -13,6 +13,7 @@ pub fn version_text() -> String {
 
 /// Runs one parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> i32 {
+    crate::logging::init(&cli.global);
     if cli.version {
         print!("{}", version_text());
         return 0;
@@ -22,6 +23,8 @@ pub fn run(cli: Cli) -> i32 {
             eprintln!("twinbox: no command given; run `twinbox --help` to list the commands");
             2
         }
-        Some(command) => match command {},
+        Some(command) => match command {
+            Command::Runtime(command) => crate::runtime_commands::run(&cli.global, command),
+        },
     }
 }

@@ -5,5 +5,12 @@
 //! frontend: the image store, bundle generation, both backends behind one trait, the CLI and
 //! the compare tooling.
 
+pub mod backend;
 pub mod cli;
 pub mod commands;
+pub mod container;
+pub mod lifecycle;
+pub mod logging;
+pub mod runtime_commands;
+pub mod runtime_features;
+pub mod state;

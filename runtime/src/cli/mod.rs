@@ -5,6 +5,8 @@
 //! command set: people (docker/podman-style image and container commands) and container
 //! engines (the runc-compatible OCI runtime commands that podman and containerd call).
 
+pub mod runtime;
+
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -48,6 +50,11 @@ pub struct GlobalOpts {
     /// Log debug messages.
     #[arg(long, global = true)]
     pub debug: bool,
+
+    /// Interpret linux.cgroupsPath as systemd's slice:prefix:name (cgroups are still managed
+    /// through cgroupfs, at the path systemd would use).
+    #[arg(long, global = true)]
+    pub systemd_cgroup: bool,
 }
 
 /// How log lines are written.
@@ -61,4 +68,8 @@ pub enum LogFormat {
 
 /// Every twinbox command.
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// The runc-compatible OCI runtime commands.
+    #[command(flatten)]
+    Runtime(runtime::RuntimeCommand),
+}

@@ -116,16 +116,8 @@ pub(super) fn apply_v1(cgroup: &Cgroup, resources: &LinuxResources) -> Result<()
         if let Some(runtime) = cpu.realtime_runtime() {
             w.set("cpu", "cpu.rt_runtime_us", runtime)?;
         }
-        if let Some(cpus) = cpu.cpus().as_deref().filter(|c| !c.is_empty()) {
-            w.set("cpuset", "cpuset.cpus", cpus)?;
-        }
-        if let Some(mems) = cpu.mems().as_deref().filter(|m| !m.is_empty()) {
-            w.set("cpuset", "cpuset.mems", mems)?;
-        }
     }
-    if let Some(pids) = resources.pids() {
-        w.set("pids", "pids.max", pids_max(pids.limit()))?;
-    }
+    apply_cpuset_and_pids(&w, resources)?;
     if let Some(block_io) = resources.block_io()
         && let Some(weight) = block_io.weight()
     {
@@ -154,6 +146,22 @@ fn apply_device_rules(dir: &Path, rules: &[LinuxDeviceCgroup]) -> Result<(), Cgr
             &dir.join("devices.allow"),
             &format!("{kind} {major}:{minor} rwm"),
         )?;
+    }
+    Ok(())
+}
+
+/// cpuset and pids files have the same names and formats on v1 and v2.
+fn apply_cpuset_and_pids(w: &Writer<'_>, resources: &LinuxResources) -> Result<(), CgroupError> {
+    if let Some(cpu) = resources.cpu() {
+        if let Some(cpus) = cpu.cpus().as_deref().filter(|c| !c.is_empty()) {
+            w.set("cpuset", "cpuset.cpus", cpus)?;
+        }
+        if let Some(mems) = cpu.mems().as_deref().filter(|m| !m.is_empty()) {
+            w.set("cpuset", "cpuset.mems", mems)?;
+        }
+    }
+    if let Some(pids) = resources.pids() {
+        w.set("pids", "pids.max", pids_max(pids.limit()))?;
     }
     Ok(())
 }
@@ -223,16 +231,8 @@ pub(super) fn apply_v2(cgroup: &Cgroup, resources: &LinuxResources) -> Result<()
                 format!("{quota} {}", cpu.period().unwrap_or(100_000)),
             )?;
         }
-        if let Some(cpus) = cpu.cpus().as_deref().filter(|c| !c.is_empty()) {
-            w.set("cpuset", "cpuset.cpus", cpus)?;
-        }
-        if let Some(mems) = cpu.mems().as_deref().filter(|m| !m.is_empty()) {
-            w.set("cpuset", "cpuset.mems", mems)?;
-        }
     }
-    if let Some(pids) = resources.pids() {
-        w.set("pids", "pids.max", pids_max(pids.limit()))?;
-    }
+    apply_cpuset_and_pids(&w, resources)?;
     if let Some(block_io) = resources.block_io()
         && let Some(weight) = block_io.weight()
     {
