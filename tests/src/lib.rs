@@ -2,6 +2,8 @@
 //! root filesystems. Area-specific fixtures (registry, emulated KVM host, ...) live in their
 //! own modules.
 
+pub mod runtime;
+
 use std::path::{Path, PathBuf};
 
 /// Directory holding the workspace's built binaries (the profile directory of the running

@@ -426,7 +426,10 @@ fn mount_hierarchy(
     flags: MsFlags,
 ) -> Result<(), RootfsError> {
     let base = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | flags;
-    if config.cgroup_namespace {
+    // A user namespace may mount cgroup2 (in its own cgroup namespace) but never cgroup v1:
+    // v1 hierarchies are bind-mounted from the host then.
+    let fresh = config.cgroup_namespace && (hierarchy.is_unified() || !config.in_user_namespace);
+    if fresh {
         let (fstype, data) = if hierarchy.is_unified() {
             ("cgroup2", None)
         } else {
