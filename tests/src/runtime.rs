@@ -199,7 +199,7 @@ pub fn output_via_files(mut command: Command) -> Output {
         .stdout(stdout.try_clone().expect("dup"))
         .stderr(stderr.try_clone().expect("dup"));
     let status = command.status().expect("running twinbox");
-    let mut read = |file: &mut std::fs::File| {
+    let read = |file: &mut std::fs::File| {
         let mut bytes = Vec::new();
         file.rewind()
             .and_then(|_| file.read_to_end(&mut bytes))
