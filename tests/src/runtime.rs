@@ -167,10 +167,16 @@ impl Runtime {
         )
     }
 
-    /// Polls `state ID` until it has `status` (up to 5 s).
+    /// Polls `state ID` until the container exists and has `status` (up to 5 s).
     pub fn wait_status(&self, id: &str, status: &str) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while self.status(id) != status {
+        let current = || {
+            let out = self.run(["state", id]);
+            serde_json::from_slice::<Value>(&out.stdout)
+                .map(|s| s["status"].as_str().unwrap_or_default().to_string())
+                .unwrap_or_default()
+        };
+        while current() != status {
             assert!(
                 std::time::Instant::now() < deadline,
                 "{id} never became {status}"
