@@ -195,9 +195,14 @@ fn delete(root: &RunRoot, args: DeleteArgs) -> CommandResult {
         Ok(container) => container.delete(args.force)?,
         // A killed `create` can leave a directory without a readable state: --force
         // removes it.
-        Err(LifecycleError::State(err)) if args.force && root.container_dir(&args.id).is_dir() => {
-            tracing::warn!("removing damaged state of {}: {err}", args.id);
-            root.remove(&args.id).map_err(LifecycleError::from)?;
+        // With --force a missing container is not an error (as runc): engines force-delete
+        // after a failed create, and a killed create can leave a directory without a
+        // readable state, which is removed here.
+        Err(LifecycleError::State(err)) if args.force => {
+            if root.container_dir(&args.id).is_dir() {
+                tracing::warn!("removing damaged state of {}: {err}", args.id);
+                root.remove(&args.id).map_err(LifecycleError::from)?;
+            }
         }
         Err(err) => return Err(err.into()),
     }

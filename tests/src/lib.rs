@@ -2,6 +2,7 @@
 //! root filesystems. Area-specific fixtures (registry, emulated KVM host, ...) live in their
 //! own modules.
 
+pub mod engines;
 pub mod runtime;
 
 use std::path::{Path, PathBuf};
