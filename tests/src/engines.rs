@@ -40,6 +40,12 @@ pub struct Podman {
     pub image: String,
 }
 
+impl Default for Podman {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Podman {
     /// Sets up private podman configuration and imports a busybox image built by the test.
     /// containers.conf: no network namespace setup on the host, ulimits this machine can
