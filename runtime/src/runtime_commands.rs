@@ -156,10 +156,12 @@ fn run_bundle(global: &GlobalOpts, root: &RunRoot, args: RunArgs) -> CommandResu
     if args.detach {
         return Ok(0);
     }
+    tracing::debug!(id = %id, "container started");
     if let Some(master) = &master {
         let _ = tty::relay(master);
     }
     let code = wait_for_exit(pid).map_err(|e| format!("waiting for the container: {e}"))?;
+    tracing::debug!(id = %id, code, "container exited");
     if container.oom_killed() {
         tracing::warn!(
             "container {id} was killed by the kernel's OOM killer (memory limit reached)"
@@ -168,6 +170,7 @@ fn run_bundle(global: &GlobalOpts, root: &RunRoot, args: RunArgs) -> CommandResu
     }
     if !args.keep {
         container.delete(true)?;
+        tracing::debug!(id = %id, "container deleted");
     }
     Ok(code)
 }

@@ -8,14 +8,14 @@
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use nix::sched::CloneFlags;
 use oci_spec::runtime::{Hook, LinuxIdMapping, LinuxSeccomp, PosixRlimit, Process, Spec};
 
-use crate::cgroups::{Cgroup, CgroupError};
+use crate::cgroups::{Cgroup, CgroupError, CgroupJoin};
 use crate::hooks::{self, HookError};
 use crate::namespaces::{self, JOIN_ORDER, JoinNamespace, NamespaceError, NamespacePlan};
 use crate::process::{self, Identity, ProcessError};
@@ -305,9 +305,58 @@ impl Drop for ChildGuard {
     }
 }
 
-/// fork(2) or clone(2) with namespace flags, without a new stack (the child continues here,
-/// like fork). Returns 0 in the child.
-fn clone_process(flags: CloneFlags) -> io::Result<i32> {
+/// clone3(2) arguments (include/uapi/linux/sched.h).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// A new process, like fork(2) (no new stack: the child continues here on its copy), with
+/// namespace `flags`, born directly in the cgroup v2 directory `cgroup` when given (no
+/// migration afterwards). Returns the child's pid (0 in the child) and whether it was born in
+/// `cgroup`: kernels without clone3 or CLONE_INTO_CGROUP fall back to a plain clone.
+fn clone_process(flags: CloneFlags, cgroup: Option<BorrowedFd<'_>>) -> io::Result<(i32, bool)> {
+    if let Some(dir) = cgroup {
+        let args = CloneArgs {
+            flags: flags.bits() as u64 | CLONE_INTO_CGROUP,
+            exit_signal: libc::SIGCHLD as u64,
+            cgroup: dir.as_raw_fd() as u64,
+            ..CloneArgs::default()
+        };
+        // SAFETY: clone3 without CLONE_VM and without a stack behaves like fork; args is a
+        // valid clone_args of the given size. The caller is single-threaded.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_clone3,
+                &args as *const CloneArgs,
+                std::mem::size_of::<CloneArgs>(),
+            )
+        };
+        if ret >= 0 {
+            return Ok((ret as i32, true));
+        }
+        let err = io::Error::last_os_error();
+        if !matches!(
+            err.raw_os_error(),
+            Some(libc::ENOSYS) | Some(libc::EINVAL) | Some(libc::E2BIG) | Some(libc::EOPNOTSUPP)
+        ) {
+            return Err(err);
+        }
+        tracing::debug!("clone3(CLONE_INTO_CGROUP) unavailable ({err}); migrating after clone");
+    }
     // SAFETY: a raw clone without CLONE_VM behaves like fork: the child gets a copy of the
     // address space and continues on its own copy of the stack. The caller is single-threaded.
     let ret = unsafe {
@@ -323,7 +372,23 @@ fn clone_process(flags: CloneFlags) -> io::Result<i32> {
     if ret < 0 {
         Err(io::Error::last_os_error())
     } else {
-        Ok(ret as i32)
+        Ok((ret as i32, false))
+    }
+}
+
+/// Where the new process stands with its cgroup.
+struct CgroupPlacement<'a> {
+    cgroup: &'a Cgroup,
+    join: CgroupJoin,
+}
+
+impl CgroupPlacement<'_> {
+    /// In the child: joins the v1 hierarchies itself (no global lock, see
+    /// [`Cgroup::open_join`]).
+    fn join_in_child(&self) -> Result<(), ChildFailure> {
+        self.join
+            .join_current_thread()
+            .map_err(fail("joining the container's cgroup"))
     }
 }
 
@@ -353,12 +418,13 @@ fn drive_setup(
     channel: &Channel,
     guard: &mut ChildGuard,
     pid: i32,
-    cgroup: Option<&Cgroup>,
+    unified_fallback: Option<&Cgroup>,
     process: &ProcessSetup,
     observer: &mut dyn SetupObserver,
 ) -> Result<i32, LaunchError> {
-    if let Some(cgroup) = cgroup {
-        cgroup.add_process(pid)?;
+    if let Some(cgroup) = unified_fallback {
+        cgroup.add_process_unified(pid)?;
+        tracing::debug!(pid, "container process moved into its cgroup v2");
     }
     process::apply_rlimits(pid, &process.rlimits)?;
     if let Some(adj) = process.oom_score_adj {
@@ -374,12 +440,16 @@ fn drive_setup(
             .map_err(os("reading from the container process"))?
         {
             Some(Message::RuntimeHooks) => {
+                tracing::debug!(pid, "container mounts ready, running runtime hooks");
                 let state = observer.runtime_hooks(pid).map_err(LaunchError::Runtime)?;
                 channel
                     .send(&Message::HooksDone(state))
                     .map_err(os("signalling the container process"))?;
             }
-            Some(Message::Ready) => return Ok(guard.disarm()),
+            Some(Message::Ready) => {
+                tracing::debug!(pid, "container process ready");
+                return Ok(guard.disarm());
+            }
             Some(Message::Error(failure, message)) => {
                 return Err(LaunchError::Child { failure, message });
             }
@@ -403,37 +473,86 @@ pub fn spawn_init(
     cgroup: Option<&Cgroup>,
     observer: &mut dyn SetupObserver,
 ) -> Result<i32, LaunchError> {
+    let flags = setup.namespaces.clone_flags;
+    let pid_ns = setup.namespaces.join_pid.as_ref().map(|j| j.fd.as_fd());
+    spawn(
+        Spawn {
+            flags,
+            pid_ns,
+            cgroup,
+            process: &setup.process,
+        },
+        observer,
+        |pid, observer| {
+            tracing::debug!(pid, ?flags, "container init cloned");
+            observer.spawned(pid).map_err(LaunchError::Runtime)?;
+            if setup.namespaces.creates(CloneFlags::CLONE_NEWUSER) {
+                write_id_map(pid, "uid_map", &setup.uid_mappings)?;
+                write_id_map(pid, "gid_map", &setup.gid_mappings)?;
+            }
+            Ok(())
+        },
+        |channel| init_child(&setup, channel),
+    )
+}
+
+/// The runtime-side parameters of one new container process.
+struct Spawn<'a> {
+    flags: CloneFlags,
+    pid_ns: Option<BorrowedFd<'a>>,
+    cgroup: Option<&'a Cgroup>,
+    process: &'a ProcessSetup,
+}
+
+/// Clones the child (into the pid namespace and cgroup), runs `child` in it, and drives the
+/// setup handshake from the runtime side after `spawned` ran with the new pid.
+fn spawn(
+    spawn: Spawn<'_>,
+    observer: &mut dyn SetupObserver,
+    spawned: impl FnOnce(i32, &mut dyn SetupObserver) -> Result<(), LaunchError>,
+    child: impl FnOnce(&Channel) -> Result<(), ChildFailure>,
+) -> Result<i32, LaunchError> {
     let (runtime_end, child_end) = Channel::pair().map_err(os("creating the setup channel"))?;
-    if let Some(pid_ns) = &setup.namespaces.join_pid {
+    if let Some(pid_ns) = spawn.pid_ns {
         LinuxSyscall
-            .setns(pid_ns.fd.as_fd(), CloneFlags::CLONE_NEWPID)
+            .setns(pid_ns, CloneFlags::CLONE_NEWPID)
             .map_err(|source| NamespaceError::Enter {
                 action: "joining",
                 kind: "pid",
                 source,
             })?;
     }
-    let pid = clone_process(setup.namespaces.clone_flags).map_err(os(format!(
-        "clone with flags {:?}",
-        setup.namespaces.clone_flags
-    )))?;
+    let placement = match spawn.cgroup {
+        Some(cgroup) => Some(CgroupPlacement {
+            cgroup,
+            join: cgroup.open_join()?,
+        }),
+        None => None,
+    };
+    let (pid, born_in_cgroup) = clone_process(
+        spawn.flags,
+        placement.as_ref().and_then(|p| p.join.unified_dir()),
+    )
+    .map_err(os(format!("clone with flags {:?}", spawn.flags)))?;
     if pid == 0 {
         drop(runtime_end);
-        child_main(&child_end, |channel| init_child(&setup, channel));
+        child_main(&child_end, |channel| {
+            if let Some(placement) = &placement {
+                placement.join_in_child()?;
+            }
+            child(channel)
+        });
     }
     drop(child_end);
     let mut guard = ChildGuard(Some(pid));
-    observer.spawned(pid).map_err(LaunchError::Runtime)?;
-    if setup.namespaces.creates(CloneFlags::CLONE_NEWUSER) {
-        write_id_map(pid, "uid_map", &setup.uid_mappings)?;
-        write_id_map(pid, "gid_map", &setup.gid_mappings)?;
-    }
+    spawned(pid, observer)?;
+    let fallback = placement.filter(|_| !born_in_cgroup).map(|p| p.cgroup);
     drive_setup(
         &runtime_end,
         &mut guard,
         pid,
-        cgroup,
-        &setup.process,
+        fallback,
+        spawn.process,
         observer,
     )
 }
@@ -495,30 +614,16 @@ impl SetupObserver for NoHooks {
 /// Starts a process inside a running container; returns its host pid once it is about to
 /// exec. The caller's children land in the container's pid namespace from here on.
 pub fn spawn_exec(setup: ExecSetup, cgroup: Option<&Cgroup>) -> Result<i32, LaunchError> {
-    let (runtime_end, child_end) = Channel::pair().map_err(os("creating the setup channel"))?;
-    if let Some(pid_ns) = &setup.pid_namespace {
-        LinuxSyscall
-            .setns(pid_ns.as_fd(), CloneFlags::CLONE_NEWPID)
-            .map_err(|source| NamespaceError::Enter {
-                action: "joining",
-                kind: "pid",
-                source,
-            })?;
-    }
-    let pid = clone_process(CloneFlags::empty()).map_err(os("fork"))?;
-    if pid == 0 {
-        drop(runtime_end);
-        child_main(&child_end, |channel| exec_child(&setup, channel));
-    }
-    drop(child_end);
-    let mut guard = ChildGuard(Some(pid));
-    drive_setup(
-        &runtime_end,
-        &mut guard,
-        pid,
-        cgroup,
-        &setup.process,
+    spawn(
+        Spawn {
+            flags: CloneFlags::empty(),
+            pid_ns: setup.pid_namespace.as_ref().map(|fd| fd.as_fd()),
+            cgroup,
+            process: &setup.process,
+        },
         &mut NoHooks,
+        |_, _| Ok(()),
+        |channel| exec_child(&setup, channel),
     )
 }
 

@@ -42,6 +42,7 @@ impl ContainerBackend {
     fn create_cgroup(path: &Path, spec: &Spec) -> Result<Cgroup, BackendError> {
         let cgroup = Cgroup::discover(path)?;
         cgroup.create()?;
+        tracing::debug!(path = %path.display(), "cgroup created");
         let resources = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
         if let Some(resources) = resources
             && let Err(err) = cgroup.apply(resources)

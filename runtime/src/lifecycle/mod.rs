@@ -250,6 +250,7 @@ impl ContainerBuilder {
         if console.is_some() {
             self.options.console_socket = console;
         }
+        tracing::debug!(id = %self.id, backend = %kind, "creating container");
         let dir = self.root.create_container_dir(&self.id)?;
         let mut record = ContainerRecord {
             oci_version: spec.version().clone(),
@@ -340,6 +341,7 @@ impl ContainerBuilder {
         if let Some(path) = &self.pid_file {
             write_pid_file(path, pid)?;
         }
+        tracing::debug!(id = %self.id, pid, "container created");
         Ok(())
     }
 }
@@ -550,6 +552,7 @@ impl Container {
             });
         }
         self.backend.destroy(&self.record)?;
+        tracing::debug!(id = %self.record.id, "container resources released");
         if let Ok(spec) = self.spec() {
             let spec = spec.clone();
             run_poststop(&spec, &self.record);
