@@ -458,3 +458,35 @@ fn run_returns_the_program_exit_code_and_cleans_up() {
     assert!(!bad_id.status.success());
     assert!(String::from_utf8_lossy(&bad_id.stderr).contains("invalid container id"));
 }
+
+#[test]
+fn systemd_cgroup_paths_are_managed_with_cgroupfs_and_logged() {
+    let rt = Runtime::new();
+    let id = unique_id("sysd");
+    // "-.slice" is systemd's root slice: the scope lands directly under the hierarchy roots.
+    let bundle = Bundle::new(&["sleep", "30"], |c| {
+        c["linux"]["cgroupsPath"] = json!(format!("-.slice:tbxtest:{id}"));
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log.json");
+    rt.track(&id);
+    rt.ok([
+        "--systemd-cgroup",
+        "--log",
+        log.to_str().unwrap(),
+        "--log-format",
+        "json",
+        "create",
+        "--bundle",
+        bundle.path().to_str().unwrap(),
+        &id,
+    ]);
+    let scope = std::path::PathBuf::from(format!("/sys/fs/cgroup/memory/tbxtest-{id}.scope"));
+    let pid = rt.state(&id)["pid"].as_i64().unwrap();
+    let procs = std::fs::read_to_string(scope.join("cgroup.procs")).unwrap();
+    assert_eq!(procs.trim(), pid.to_string());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("managed with cgroupfs"), "{text}");
+    rt.ok(["delete", &id]);
+    assert!(!scope.exists());
+}

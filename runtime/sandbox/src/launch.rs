@@ -822,7 +822,7 @@ fn finish_process(
     {
         filter.load().map_err(fail("loading the seccomp filter"))?;
     }
-    identity.apply(&sys, true)?;
+    identity.apply(&sys)?;
     sys.chdir(&process.cwd).map_err(|source| {
         ChildFailure(
             Failure::Setup,

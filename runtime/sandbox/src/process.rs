@@ -182,19 +182,16 @@ impl Identity {
     }
 
     /// Becomes this identity: bounding set, groups, gid, uid (keeping capabilities across the
-    /// uid change), then exactly the configured capability sets. `setgroups_allowed` is false
-    /// in a user namespace whose setgroups is denied.
-    pub fn apply(&self, sys: &dyn Syscall, setgroups_allowed: bool) -> Result<(), ProcessError> {
+    /// uid change), then exactly the configured capability sets.
+    pub fn apply(&self, sys: &dyn Syscall) -> Result<(), ProcessError> {
         sys.drop_bounding(self.bounding)
             .map_err(cred("dropping capabilities from the bounding set"))?;
         sys.set_keep_caps(true)
             .map_err(cred("prctl(PR_SET_KEEPCAPS)"))?;
-        if setgroups_allowed || !self.additional_gids.is_empty() {
-            sys.setgroups(&self.additional_gids).map_err(cred(format!(
-                "setting supplementary groups {:?}",
-                self.additional_gids
-            )))?;
-        }
+        sys.setgroups(&self.additional_gids).map_err(cred(format!(
+            "setting supplementary groups {:?}",
+            self.additional_gids
+        )))?;
         sys.setgid(self.gid).map_err(cred(format!(
             "setting gid {} (is it mapped in the user namespace?)",
             self.gid
@@ -375,7 +372,7 @@ mod tests {
         assert_eq!(identity.bounding, mask);
         assert!(identity.no_new_privileges);
         let sys = RecordingSyscall::default();
-        identity.apply(&sys, true).unwrap();
+        identity.apply(&sys).unwrap();
         assert_eq!(
             sys.calls(),
             vec![
