@@ -120,6 +120,9 @@ impl Drop for Podman {
     fn drop(&mut self) {
         let _ = self.run(["rm", "--all", "--force", "--time", "0"]);
         let _ = self.run(["rmi", "--all", "--force"]);
+        // podman's cgroupfs manager puts conmon in /libpod_parent/conmon.
+        crate::runtime::remove_empty_cgroup_parent("libpod_parent/conmon");
+        crate::runtime::remove_empty_cgroup_parent("libpod_parent");
     }
 }
 
@@ -223,5 +226,7 @@ impl Drop for Containerd {
         }
         let _ = self.daemon.kill();
         let _ = self.daemon.wait();
+        // ctr's default cgroups path is /NAMESPACE/ID.
+        crate::runtime::remove_empty_cgroup_parent("default");
     }
 }

@@ -191,6 +191,19 @@ impl Drop for Runtime {
         for id in self.ids.borrow().iter() {
             let _ = self.run(["delete", "--force", id]);
         }
+        remove_empty_cgroup_parent("twinbox");
+    }
+}
+
+/// Removes the parent cgroup `name` (e.g. "twinbox", created for /twinbox/ID paths) from every
+/// hierarchy when it is empty; a parent still in use stays (rmdir fails with EBUSY).
+pub fn remove_empty_cgroup_parent(name: &str) {
+    let mut dirs = vec![PathBuf::from("/sys/fs/cgroup")];
+    if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
+        dirs.extend(entries.flatten().map(|e| e.path()));
+    }
+    for dir in dirs {
+        let _ = std::fs::remove_dir(dir.join(name));
     }
 }
 

@@ -227,24 +227,41 @@ impl Cgroup {
     /// controllers in the parents' subtree_control (v2).
     pub fn create(&self) -> Result<(), CgroupError> {
         for hierarchy in &self.hierarchies {
-            let mut dir = hierarchy.host_mount.clone();
-            for part in hierarchy.path.components().skip(1) {
-                if hierarchy.is_unified() && self.version == CgroupVersion::V2 {
-                    enable_controllers(&dir)?;
-                }
-                dir.push(part);
-                match fs::create_dir(&dir) {
-                    Ok(()) => {
-                        if hierarchy.has_controller("cpuset") {
-                            init_cpuset(&dir)?;
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                    Err(e) => return Err(io_err("creating", &dir)(e)),
+            // A concurrent cleanup may remove an empty parent between two mkdirs: start over
+            // (a few times) when a parent vanished.
+            let mut attempts = 0;
+            while !self.create_in(hierarchy)? {
+                attempts += 1;
+                if attempts == 3 {
+                    return Err(io_err("creating", &hierarchy.container_dir())(
+                        io::ErrorKind::NotFound.into(),
+                    ));
                 }
             }
         }
         Ok(())
+    }
+
+    /// Creates the path in one hierarchy; false when a parent disappeared meanwhile.
+    fn create_in(&self, hierarchy: &Hierarchy) -> Result<bool, CgroupError> {
+        let mut dir = hierarchy.host_mount.clone();
+        for part in hierarchy.path.components().skip(1) {
+            if hierarchy.is_unified() && self.version == CgroupVersion::V2 {
+                enable_controllers(&dir)?;
+            }
+            dir.push(part);
+            match fs::create_dir(&dir) {
+                Ok(()) => {
+                    if hierarchy.has_controller("cpuset") {
+                        init_cpuset(&dir)?;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+                Err(e) => return Err(io_err("creating", &dir)(e)),
+            }
+        }
+        Ok(true)
     }
 
     /// Applies `linux.resources`.
