@@ -490,3 +490,18 @@ fn systemd_cgroup_paths_are_managed_with_cgroupfs_and_logged() {
     rt.ok(["delete", &id]);
     assert!(!scope.exists());
 }
+
+#[test]
+fn failing_start_container_hook_stops_the_container_before_the_program() {
+    let rt = Runtime::new();
+    let bundle = Bundle::new(&["sh", "-c", "echo program-ran"], |c| {
+        c["hooks"] = json!({"startContainer": [{"path": "/bin/false"}]});
+    });
+    let (code, stdout, stderr) = rt.run_bundle(&bundle, &unique_id("starthook"));
+    assert_eq!(code, 1);
+    assert!(!stdout.contains("program-ran"));
+    assert!(
+        stderr.contains("startContainer hook /bin/false failed"),
+        "{stderr}"
+    );
+}

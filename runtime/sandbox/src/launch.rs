@@ -649,7 +649,14 @@ fn child_main(channel: &Channel, body: impl FnOnce(&Channel) -> Result<(), Child
     let code = match body(channel) {
         Ok(()) => 0,
         Err(ChildFailure(failure, message)) => {
-            let _ = channel.send(&Message::Error(failure, message));
+            // After Ready the runtime may be gone (create returned): the container's stderr
+            // is then the place to say why it stopped.
+            if channel
+                .send(&Message::Error(failure, message.clone()))
+                .is_err()
+            {
+                eprintln!("twinbox: {message}");
+            }
             1
         }
     };
