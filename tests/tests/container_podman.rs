@@ -72,6 +72,12 @@ fn podman_detached_container_exec_logs_stop_ps_rm() {
     );
     let exec = podman.run(["exec", &name, "sh", "-c", "exit 4"]);
     assert_eq!(exec.status.code(), Some(4));
+    let exec = podman.run(["exec", "-t", &name, "tty"]);
+    assert!(
+        String::from_utf8_lossy(&exec.stdout).contains("/dev/pts/"),
+        "{}",
+        text(&exec)
+    );
 
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {

@@ -42,6 +42,14 @@ fn status_moves_created_running_stopped_and_delete_removes_every_trace() {
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
     assert!(!String::from_utf8_lossy(&cmdline).contains("sleep"));
     assert!(host_cgroup_dir("memory", &id).is_dir());
+    // The init was born in (cgroup v2, clone3) or moved itself into (v1) every hierarchy.
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    for line in cgroups.lines().filter(|l| !l.contains("name=")) {
+        assert!(
+            line.ends_with(&format!("/twinbox/{id}")),
+            "{line} in\n{cgroups}"
+        );
+    }
 
     rt.ok(["start", &id]);
     assert_eq!(rt.status(&id), "running");
