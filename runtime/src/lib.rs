@@ -5,8 +5,15 @@
 //! frontend: the image store, bundle generation, both backends behind one trait, the CLI and
 //! the compare tooling.
 
+pub mod backend;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod container;
 pub mod image;
+pub mod lifecycle;
+pub mod logging;
+pub mod runtime_commands;
+pub mod runtime_features;
 pub mod spec;
+pub mod state;

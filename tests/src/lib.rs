@@ -2,15 +2,16 @@
 //! root filesystems. Area-specific fixtures (registry, emulated KVM host, ...) live in their
 //! own modules.
 
+pub mod cpio;
+pub mod engines;
+pub mod guest_kernel;
+pub mod kvm_host;
 pub mod oci;
 pub mod registry;
+pub mod runtime;
 pub mod store;
 
 use std::path::{Path, PathBuf};
-
-pub mod cpio;
-pub mod guest_kernel;
-pub mod kvm_host;
 
 pub use guest_kernel::{GuestKernel, guest_kernel};
 pub use kvm_host::kvm_host;

@@ -6,6 +6,7 @@
 //! engines (the runc-compatible OCI runtime commands that podman and containerd call).
 
 pub mod image;
+pub mod runtime;
 
 use std::path::PathBuf;
 
@@ -50,6 +51,11 @@ pub struct GlobalOpts {
     /// Log debug messages.
     #[arg(long, global = true)]
     pub debug: bool,
+
+    /// Interpret linux.cgroupsPath as systemd's slice:prefix:name (cgroups are still managed
+    /// through cgroupfs, at the path systemd would use).
+    #[arg(long, global = true)]
+    pub systemd_cgroup: bool,
 }
 
 /// How log lines are written.
@@ -66,4 +72,7 @@ pub enum LogFormat {
 pub enum Command {
     #[command(flatten)]
     Image(image::ImageCommand),
+    /// The runc-compatible OCI runtime commands.
+    #[command(flatten)]
+    Runtime(runtime::RuntimeCommand),
 }

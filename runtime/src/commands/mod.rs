@@ -15,6 +15,7 @@ pub fn version_text() -> String {
 
 /// Runs one parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> i32 {
+    crate::logging::init(&cli.global);
     if cli.version {
         print!("{}", version_text());
         return 0;
@@ -26,6 +27,7 @@ pub fn run(cli: Cli) -> i32 {
         }
         Some(command) => match command {
             Command::Image(command) => image::run(&cli.global, command),
+            Command::Runtime(command) => crate::runtime_commands::run(&cli.global, command),
         },
     }
 }
