@@ -20,6 +20,8 @@ pub mod memory;
 pub mod probe;
 pub mod render;
 pub mod report;
+#[cfg(test)]
+mod sample;
 pub mod stats;
 pub mod timing;
 pub mod verdict;

@@ -481,4 +481,53 @@ mod tests {
         assert_eq!((table.totals[0].isolated, table.totals[0].checks), (1, 2));
         assert_eq!(table.totals[1].isolated, 2);
     }
+
+    #[test]
+    fn json_round_trips_and_matches_the_documented_schema() {
+        let report = crate::compare::sample::sample_report();
+        let json = report.to_json();
+        assert_eq!(Report::from_json(&json).unwrap(), report);
+
+        let schema: serde_json::Value = serde_json::from_str(include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../docs/compare-report.schema.json"
+        )))
+        .unwrap();
+        let validator = jsonschema::validator_for(&schema).unwrap();
+        let document: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let errors: Vec<String> = validator
+            .iter_errors(&document)
+            .map(|e| e.to_string())
+            .collect();
+        assert!(errors.is_empty(), "{errors:#?}");
+
+        // Both the schema and the reader reject what the schema does not describe.
+        let mut extra = document.clone();
+        extra["header"]["surprise"] = serde_json::json!(1);
+        assert!(!validator.is_valid(&extra));
+        assert!(Report::from_json(&extra.to_string()).is_err());
+        let mut missing = document.clone();
+        missing["weight"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("uss_bytes");
+        assert!(!validator.is_valid(&missing));
+        assert!(Report::from_json(&missing.to_string()).is_err());
+    }
+
+    #[test]
+    fn reader_rejects_undeclared_columns_and_other_versions() {
+        let mut report = crate::compare::sample::sample_report();
+        report.weight[0].column = "kata".into();
+        let err = Report::from_json(&report.to_json())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"kata\""), "{err}");
+        let mut report = crate::compare::sample::sample_report();
+        report.schema_version = 2;
+        let err = Report::from_json(&report.to_json())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("schema version 2"), "{err}");
+    }
 }

@@ -73,12 +73,12 @@ pub fn html(report: &Report) -> Result<String, CompareError> {
     let h = &report.header;
     let title = format!("twinbox compare: {} {}", h.image, h.command.join(" "));
     let mut body = format!(
-        "<h1>{}</h1>\n<p class=\"meta\">host {} ({} CPUs, {} MiB) · kernel {} · twinbox {} · {} \
+        "<h1>{}</h1>\n<p class=\"meta\">host {} ({} CPUs, {}) · kernel {} · twinbox {} · {} \
          · {} runs per column</p>\n",
         escape(&title),
         escape(&h.host),
         h.cpus,
-        mib(h.memory_bytes),
+        crate::compare::verdict::human_bytes(h.memory_bytes),
         escape(&h.kernel),
         escape(&h.twinbox_version),
         escape(&h.date),

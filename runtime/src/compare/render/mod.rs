@@ -124,3 +124,81 @@ fn start_rows(report: &Report) -> Vec<(String, String, [String; 7])> {
 const START_HEADER: [&str; 9] = [
     "column", "time", "runs", "failed", "min", "p50", "p90", "p99", "max",
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compare::report::EMULATED_KVM_NOTE;
+    use crate::compare::sample::sample_report;
+
+    fn hex((r, g, b): (u8, u8, u8)) -> String {
+        format!("#{r:02X}{g:02X}{b:02X}")
+    }
+
+    #[test]
+    fn table_has_every_section_aligned_and_the_totals() {
+        let report = sample_report();
+        let text = table(&report);
+        assert!(text.contains(&format!("NOTE: {EMULATED_KVM_NOTE}")));
+        for section in ["Start time", "Weight", "Density", "Isolation", "Columns"] {
+            assert!(text.contains(section), "{section} missing:\n{text}");
+        }
+        let totals = &report.isolation.totals[0];
+        let total_line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("isolated"))
+            .unwrap();
+        assert!(total_line.contains(&format!("{} of {}", totals.isolated, totals.checks)));
+        assert!(text.contains("absent: runsc is not installed"));
+        // Aligned: every isolation row puts its second cell at the same character column.
+        let iso: Vec<&str> = text
+            .split("\nIsolation")
+            .nth(1)
+            .unwrap()
+            .lines()
+            .skip(3)
+            .take_while(|l| !l.is_empty())
+            .filter(|l| !l.trim_start().starts_with("isolated"))
+            .collect();
+        let starts: std::collections::BTreeSet<usize> = iso
+            .iter()
+            .map(|l| l.chars().position(|c| c == '✓' || c == '✗').unwrap())
+            .collect();
+        assert_eq!(starts.len(), 1, "{iso:#?}");
+    }
+
+    #[test]
+    fn html_is_self_contained_with_both_plots_in_series_colours() {
+        let report = sample_report();
+        let page = html(&report).unwrap();
+        assert!(page.starts_with("<!DOCTYPE html>"));
+        assert!(page.contains("&lt;escaped &amp; checked&gt;"));
+        assert!(!page.contains("<script"));
+        assert_eq!(page.matches("<svg").count(), 2);
+        for (index, column) in report.columns.iter().enumerate().take(3) {
+            let colour = hex(series_colour(index));
+            assert!(
+                page.contains(&colour),
+                "{} ({colour}) not plotted",
+                column.id
+            );
+        }
+        // The absent peer has no data, so no series.
+        assert!(!page.contains(&hex(series_colour(3))));
+        assert_eq!(
+            page.matches("class=\"yes\"").count() + page.matches("class=\"no\"").count(),
+            2 * report.isolation.rows.len()
+        );
+    }
+
+    #[test]
+    fn plots_are_skipped_without_data() {
+        let mut report = sample_report();
+        report.start_time.clear();
+        report.density.clear();
+        assert_eq!(latency_svg(&report).unwrap(), None);
+        assert_eq!(density_svg(&report).unwrap(), None);
+        assert!(!html(&report).unwrap().contains("<svg"));
+        assert!(render(&report, Format::Json).unwrap().ends_with("}\n"));
+    }
+}

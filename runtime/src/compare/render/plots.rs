@@ -1,5 +1,6 @@
 //! SVG plots drawn with plotters: latency distributions per column and density curves.
 
+use plotters::coord::Shift;
 use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
@@ -9,7 +10,7 @@ use crate::compare::report::Report;
 use crate::compare::stats::Distribution;
 
 /// Size of one plot (two panels side by side).
-const PLOT_SIZE: (u32, u32) = (1000, 380);
+const PLOT_SIZE: (u32, u32) = (1000, 400);
 
 /// One line of a panel: label, colour and points.
 struct Series {
@@ -60,7 +61,20 @@ fn log_range(values: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
     (lo / 1.5)..(hi * 1.5)
 }
 
-/// Draws panels side by side into one SVG document; x axes are logarithmic.
+/// Height of the legend strip above the panels.
+const LEGEND_HEIGHT: u32 = 34;
+
+/// An axis label: no decimals for whole numbers and from 10 up.
+fn tick(value: &f64) -> String {
+    if value.abs() >= 10.0 || value.fract() == 0.0 {
+        format!("{value:.0}")
+    } else {
+        format!("{value:.1}")
+    }
+}
+
+/// Draws panels side by side into one SVG document, under one legend strip naming every
+/// series (the panels share them); x axes are logarithmic.
 fn draw(name: &'static str, panels: &[Panel]) -> Result<String, CompareError> {
     let plot_error = |message: String| CompareError::Plot {
         plot: name,
@@ -70,7 +84,9 @@ fn draw(name: &'static str, panels: &[Panel]) -> Result<String, CompareError> {
     {
         let root = SVGBackend::with_string(&mut svg, PLOT_SIZE).into_drawing_area();
         root.fill(&WHITE).map_err(|e| plot_error(e.to_string()))?;
-        let areas = root.split_evenly((1, panels.len()));
+        let (legend, charts) = root.split_vertically(LEGEND_HEIGHT);
+        draw_legend(&legend, panels).map_err(plot_error)?;
+        let areas = charts.split_evenly((1, panels.len()));
         for (area, panel) in areas.iter().zip(panels) {
             let points = || panel.series.iter().flat_map(|s| s.points.iter());
             let x_range = log_range(points().map(|p| p.0));
@@ -86,6 +102,11 @@ fn draw(name: &'static str, panels: &[Panel]) -> Result<String, CompareError> {
                 .configure_mesh()
                 .x_desc(panel.x_desc)
                 .y_desc(panel.y_desc)
+                .x_labels(6)
+                .y_labels(6)
+                .x_label_formatter(&tick)
+                .y_label_formatter(&tick)
+                .light_line_style(WHITE)
                 .draw()
                 .map_err(|e| plot_error(e.to_string()))?;
             draw_series(&mut chart, panel).map_err(plot_error)?;
@@ -95,7 +116,36 @@ fn draw(name: &'static str, panels: &[Panel]) -> Result<String, CompareError> {
     Ok(svg)
 }
 
-/// Draws a panel's lines (with point markers) and its legend on `chart`.
+/// One legend entry per series label (a line sample and the label), left to right.
+fn draw_legend(area: &DrawingArea<SVGBackend<'_>, Shift>, panels: &[Panel]) -> Result<(), String> {
+    let mut seen: Vec<(&str, RGBColor)> = Vec::new();
+    for series in panels.iter().flat_map(|p| &p.series) {
+        if !seen.iter().any(|(label, _)| *label == series.label) {
+            seen.push((&series.label, series.colour));
+        }
+    }
+    let mut x = 70;
+    let y = (LEGEND_HEIGHT / 2) as i32;
+    for (label, colour) in seen {
+        let style = ShapeStyle {
+            color: colour.to_rgba(),
+            filled: true,
+            stroke_width: 4,
+        };
+        area.draw(&PathElement::new(vec![(x, y), (x + 28, y)], style))
+            .map_err(|e| e.to_string())?;
+        area.draw(&Text::new(
+            label.to_string(),
+            (x + 36, y - 8),
+            ("sans-serif", 16).into_font().color(&BLACK),
+        ))
+        .map_err(|e| e.to_string())?;
+        x += 60 + 9 * label.chars().count() as i32;
+    }
+    Ok(())
+}
+
+/// Draws a panel's lines with point markers on `chart`.
 fn draw_series<'a, X>(
     chart: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, RangedCoordf64>>,
     panel: &Panel,
@@ -112,9 +162,7 @@ where
         };
         chart
             .draw_series(LineSeries::new(series.points.iter().copied(), style))
-            .map_err(|e| e.to_string())?
-            .label(series.label.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], style));
+            .map_err(|e| e.to_string())?;
         chart
             .draw_series(
                 series
@@ -124,14 +172,7 @@ where
             )
             .map_err(|e| e.to_string())?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK.mix(0.4))
-        .label_font(("sans-serif", 15))
-        .draw()
-        .map_err(|e| e.to_string())
+    Ok(())
 }
 
 /// Latency distributions: the empirical CDF of time to workload start and of time to exit,

@@ -17,11 +17,24 @@ fn layout(header: &[String], rows: &[Vec<String>]) -> String {
                 .unwrap_or(0)
         })
         .collect();
+    // Columns of numbers (and "-" for none) are right-aligned, header included.
+    let numeric: Vec<bool> = (0..header.len())
+        .map(|i| {
+            let mut cells = rows.iter().filter_map(|row| row.get(i)).peekable();
+            cells.peek().is_some() && cells.all(|c| c == "-" || c.parse::<f64>().is_ok())
+        })
+        .collect();
     let line = |cells: &[String]| {
         let padded: Vec<String> = cells
             .iter()
-            .zip(&widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
+            .zip(widths.iter().zip(&numeric))
+            .map(|(cell, (width, right))| {
+                if *right {
+                    format!("{cell:>width$}")
+                } else {
+                    format!("{cell:<width$}")
+                }
+            })
             .collect();
         format!("  {}\n", padded.join("  ").trim_end())
     };
@@ -51,12 +64,12 @@ fn shorten(text: &str) -> String {
 pub fn table(report: &Report) -> String {
     let h = &report.header;
     let mut out = format!(
-        "twinbox compare: {} {}\nhost {} ({} CPUs, {} MiB), kernel {}, twinbox {}, {}\n",
+        "twinbox compare: {} {}\nhost {} ({} CPUs, {}), kernel {}, twinbox {}, {}\n",
         h.image,
         h.command.join(" "),
         h.host,
         h.cpus,
-        mib(h.memory_bytes),
+        crate::compare::verdict::human_bytes(h.memory_bytes),
         h.kernel,
         h.twinbox_version,
         h.date
