@@ -4,9 +4,11 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod chromium;
 pub mod cpio;
 pub mod guest_kernel;
 pub mod kvm_host;
+pub mod runc;
 
 pub use guest_kernel::{GuestKernel, guest_kernel};
 pub use kvm_host::kvm_host;

@@ -35,11 +35,13 @@ pub const DEFAULT_CAPABILITIES: [&str; 14] = [
     "CAP_SETFCAP",
 ];
 
-/// Filesystems whose mount `root` says nothing about host paths.
-const PSEUDO_FILESYSTEMS: [&str; 20] = [
+/// Filesystems whose mount `root` says nothing about host paths (runc masks files with
+/// binds of `/dev/null`, re-binds `/proc/sys` read-only, binds the container's own cgroup).
+/// tmpfs is not among them: a fresh tmpfs has root `/`, a bind out of the host's `/run` has
+/// not.
+const PSEUDO_FILESYSTEMS: [&str; 19] = [
     "proc",
     "sysfs",
-    "tmpfs",
     "devtmpfs",
     "devpts",
     "mqueue",
@@ -532,6 +534,8 @@ impl Judge<'_> {
         };
         mounts
             .iter()
+            // The probe itself, when the orchestration bind-mounts it in.
+            .filter(|m| m.mount_point != super::probe::IN_SANDBOX_PATH)
             .filter(|m| {
                 let bind_of_subdir =
                     m.root != "/" && !PSEUDO_FILESYSTEMS.contains(&m.fstype.as_str());

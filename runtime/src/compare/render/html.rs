@@ -34,8 +34,12 @@ pub fn escape(text: &str) -> String {
     out
 }
 
-/// An HTML table; cells are (class, already-escaped content).
+/// An HTML table; cells are (class, already-escaped content). Without rows: a line saying
+/// nothing was measured.
 fn table_html(header: &[&str], rows: &[Vec<(&str, String)>], row_class: Option<usize>) -> String {
+    if rows.is_empty() {
+        return "<p class=\"meta\">not measured</p>\n".to_string();
+    }
     let mut out = String::from("<table><thead><tr>");
     for cell in header {
         out.push_str(&format!("<th>{}</th>", escape(cell)));
