@@ -368,3 +368,58 @@ fn html_report_from_probe_runs_renders_in_chromium() {
     }
     assert!(image.rows_with(SERIES_COLOURS[2], 6).is_empty());
 }
+
+#[test]
+fn start_marker_writes_to_a_file_then_becomes_the_workload() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("marker");
+    let launch = LaunchClock::now();
+    let status = std::process::Command::new(twinbox_tests::workspace_bin("twinbox-probe"))
+        .arg("start-marker")
+        .arg("--out")
+        .arg(&out)
+        .args(["--", "/bin/sh", "-c", "echo $$ > \"$0\"; exit 3"])
+        .arg(dir.path().join("pid"))
+        .status()
+        .unwrap();
+    // exec, not a child: the workload's exit status and pid are the probe's.
+    assert_eq!(status.code(), Some(3));
+    let marker = StartMarker::find_in(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let workload_pid: u32 = std::fs::read_to_string(dir.path().join("pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(marker.pid, workload_pid);
+    let host_boot_id = twinbox_probe::checks::kernel::boot_id();
+    let (start, clock) = workload_start(&launch, &marker, Instant::now(), host_boot_id.as_deref());
+    assert_eq!(clock, StartClock::SharedKernel);
+    assert!(start < launch.instant.elapsed());
+}
+
+#[test]
+fn probe_rejects_bad_usage() {
+    for args in [
+        &["isolation", "--bogus"][..],
+        &["isolation", "--host-pid", "x"],
+        &["nope"],
+        &[],
+    ] {
+        let output = std::process::Command::new(twinbox_tests::workspace_bin("twinbox-probe"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("usage: twinbox-probe"),
+            "{args:?}: {stderr}"
+        );
+    }
+    let missing = std::process::Command::new(twinbox_tests::workspace_bin("twinbox-probe"))
+        .args(["start-marker", "--", "/nonexistent/workload"])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(127));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/workload"));
+}
