@@ -33,7 +33,10 @@ fn start_marker(mut args: impl Iterator<Item = OsString>) -> ! {
     let mut command = Vec::new();
     while let Some(arg) = args.next() {
         match arg.to_str() {
-            Some("--out") => out = Some(value("--out", args.next())),
+            Some("--out") => {
+                // Any path, UTF-8 or not.
+                out = Some(args.next().unwrap_or_else(|| fail("--out needs a value")))
+            }
             Some("--") => {
                 command.extend(args.by_ref());
                 break;
