@@ -22,6 +22,12 @@ pub fn run(cli: Cli) -> i32 {
             eprintln!("twinbox: no command given; run `twinbox --help` to list the commands");
             2
         }
-        Some(command) => match command {},
+        Some(command) => match command {
+            crate::cli::Command::Vm(vm) => match vm.action {
+                crate::cli::vm::VmAction::Boot(args) => {
+                    crate::vm_boot::boot(&args, cli.global.debug)
+                }
+            },
+        },
     }
 }

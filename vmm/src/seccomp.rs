@@ -39,14 +39,15 @@ pub struct Filters {
     pub vcpu: BpfProgram,
 }
 
-/// System calls both thread kinds make: memory allocation, locks, time, logging, signal
-/// return from the kick handler, thread exit.
+/// System calls both thread kinds make: memory allocation, locks, time, logging, hash-map
+/// seeds (getrandom), signal return from the kick handler, thread exit.
 const COMMON: &[i64] = &[
     libc::SYS_brk,
     libc::SYS_mmap,
     libc::SYS_munmap,
     libc::SYS_mremap,
     libc::SYS_madvise,
+    libc::SYS_mprotect,
     libc::SYS_futex,
     libc::SYS_clock_gettime,
     libc::SYS_read,
@@ -56,6 +57,7 @@ const COMMON: &[i64] = &[
     libc::SYS_rt_sigprocmask,
     libc::SYS_sigaltstack,
     libc::SYS_sched_yield,
+    libc::SYS_getrandom,
     libc::SYS_exit,
     libc::SYS_exit_group,
 ];

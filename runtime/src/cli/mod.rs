@@ -9,6 +9,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+pub mod vm;
+
 /// Top-level command line.
 #[derive(Debug, Parser)]
 #[command(
@@ -61,4 +63,7 @@ pub enum LogFormat {
 
 /// Every twinbox command.
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Low-level microVM commands (boot a kernel with twinbox's VMM).
+    Vm(vm::VmCommand),
+}

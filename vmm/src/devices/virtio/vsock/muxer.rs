@@ -358,9 +358,10 @@ impl Muxer {
             match connection.state {
                 // The host gave up before the guest accepted.
                 State::Connecting => return self.reset(key),
-                // Both sides are done; the guest was told with a SHUTDOWN already.
+                // The guest already closed; nothing is left to deliver.
                 State::Closing => return self.remove_connection(key),
-                State::Established if connection.host_eof => return self.remove_connection(key),
+                // The host closed both directions after its last data was read.
+                State::Established if connection.host_eof => return self.reset(key),
                 State::Established => {}
             }
         }
@@ -551,9 +552,10 @@ impl Muxer {
             let mut data = vec![0u8; want];
             match connection.stream.read(&mut data) {
                 Ok(0) => {
+                    // The host will send no more (it may still read: a half close).
                     connection.host_eof = true;
                     connection.rx_ready = false;
-                    self.queue_control(key, OP_SHUTDOWN, SHUTDOWN_RCV | SHUTDOWN_SEND);
+                    self.queue_control(key, OP_SHUTDOWN, SHUTDOWN_SEND);
                     return self.control.pop_front().map(RxPacket::Control);
                 }
                 Ok(read) => {

@@ -1,0 +1,107 @@
+//! `twinbox vm boot`: builds a [`vmm::VmConfig`] from the command line and runs the VM.
+
+use std::path::PathBuf;
+
+use crate::cli::vm::VmBootArgs;
+
+/// Parses `PATH[,ro]`.
+fn parse_disk(spec: &str) -> Result<vmm::DiskConfig, String> {
+    let (path, read_only) = match spec.rsplit_once(',') {
+        Some((path, "ro")) => (path, true),
+        Some((path, "rw")) => (path, false),
+        Some((_, option)) => {
+            return Err(format!(
+                "unknown disk option `{option}` in `{spec}`; use PATH or PATH,ro"
+            ));
+        }
+        None => (spec, false),
+    };
+    if path.is_empty() {
+        return Err(format!("`{spec}` names no disk image"));
+    }
+    Ok(vmm::DiskConfig {
+        path: PathBuf::from(path),
+        read_only,
+    })
+}
+
+/// Builds the VM configuration from the parsed options.
+pub fn vm_config(args: &VmBootArgs) -> Result<vmm::VmConfig, String> {
+    let mut config = vmm::VmConfig::new(&args.kernel);
+    config.initrd = args.initrd.clone();
+    config.cmdline = args.cmdline.clone();
+    config.mem_size = args.mem;
+    config.vcpus = args.cpus;
+    config.disks = args
+        .disks
+        .iter()
+        .map(|spec| parse_disk(spec))
+        .collect::<Result<_, _>>()?;
+    config.vsock = args.vsock.as_ref().map(|path| vmm::VsockConfig {
+        guest_cid: args.vsock_cid,
+        uds_path: path.clone(),
+    });
+    if args.console {
+        config.console = vmm::ConsoleConfig::Stdio;
+    }
+    config.seccomp = !args.no_seccomp;
+    Ok(config)
+}
+
+/// Runs `twinbox vm boot`; returns the exit code.
+pub fn boot(args: &VmBootArgs, debug: bool) -> i32 {
+    if debug {
+        let _ = tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_env_filter("debug")
+            .try_init();
+    }
+    let config = match vm_config(args) {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("twinbox: vm boot: {message}");
+            return 2;
+        }
+    };
+    let result = vmm::Vmm::build(config).and_then(vmm::Vmm::run);
+    match result {
+        Ok(exit) => {
+            if debug {
+                let boot = exit
+                    .boot_time
+                    .map(|t| format!("{:.3} ms", t.as_secs_f64() * 1e3))
+                    .unwrap_or_else(|| "not signalled".into());
+                eprintln!(
+                    "twinbox: vm boot: guest stopped ({:?}); boot timer: {boot}; ran {:.3} ms",
+                    exit.reason,
+                    exit.run_time.as_secs_f64() * 1e3
+                );
+            }
+            0
+        }
+        Err(error) => {
+            eprintln!("twinbox: vm boot: {error}");
+            1
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_specs_parse() {
+        assert_eq!(
+            parse_disk("/a/b.img,ro").unwrap(),
+            vmm::DiskConfig {
+                path: "/a/b.img".into(),
+                read_only: true
+            }
+        );
+        assert!(!parse_disk("/a/b.img").unwrap().read_only);
+        assert!(!parse_disk("/a,b.img,rw").unwrap().read_only);
+        assert!(parse_disk("/a/b.img,wat").is_err());
+        assert!(parse_disk(",ro").is_err());
+    }
+}
