@@ -20,7 +20,7 @@ use crate::arch::x86_64::{BootInfo, ConfigureError, configure_system};
 use crate::config::{ConsoleConfig, VmConfig};
 use crate::devices::bus::{Bus, BusError, SharedBusDevice};
 use crate::devices::legacy::{
-    BootTimer, BootTimes, I8042, I8042_PORT_BASE, I8042_PORT_LEN, SERIAL_PORT_BASE,
+    BootTimer, BootTimes, I8042, I8042_CMDLINE, I8042_PORT_BASE, I8042_PORT_LEN, SERIAL_PORT_BASE,
     SERIAL_PORT_LEN, SerialConsole, SerialInput,
 };
 use crate::devices::virtio::VirtioDevice;
@@ -236,6 +236,7 @@ impl Vmm {
             I8042_PORT_BASE,
             I8042_PORT_LEN,
         )?;
+        cmdline.insert_str(I8042_CMDLINE).map_err(LoadError::from)?;
         attach_console(&mut setup, &config.console, &mut cmdline)?;
         let timer: SharedBusDevice =
             Arc::new(Mutex::new(BootTimer::new(start, boot_times.clone())));

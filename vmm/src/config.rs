@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use crate::vstate::memory::MemoryBacking;
 
 /// Command line used when the caller gives none: reboot via the i8042 (which ends the
-/// VMM cleanly), reboot on panic, no PCI, no module loading, quiet legacy keyboard probing.
-pub const DEFAULT_CMDLINE: &str =
-    "reboot=k panic=1 pci=off nomodule i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
+/// VMM cleanly), reboot on panic, no PCI, no module loading. The VMM appends what its
+/// devices need (virtio-mmio entries, i8042 and serial settings).
+pub const DEFAULT_CMDLINE: &str = "reboot=k panic=1 pci=off nomodule";
 
 /// A virtio-blk disk.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -82,19 +82,6 @@ impl StopSignal {
     }
 }
 
-/// Lets vm-superio's i8042 reset command stop the VM as a reboot.
-#[derive(Debug, Clone)]
-pub struct ResetTrigger(pub std::sync::Arc<StopSignal>);
-
-impl vm_superio::Trigger for ResetTrigger {
-    type E = std::convert::Infallible;
-
-    fn trigger(&self) -> Result<(), Self::E> {
-        self.0.stop(StopCause::Exit(ExitReason::Reboot));
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
