@@ -67,10 +67,14 @@ pub fn boot(args: &VmBootArgs, debug: bool) -> i32 {
     match result {
         Ok(exit) => {
             if debug {
-                let boot = exit
-                    .boot_time
-                    .map(|t| format!("{:.3} ms", t.as_secs_f64() * 1e3))
-                    .unwrap_or_else(|| "not signalled".into());
+                let boot = match (exit.boot_time, exit.boot_clock) {
+                    (Some(time), Some(clock)) => format!(
+                        "{:.3} ms (CLOCK_MONOTONIC {} ns)",
+                        time.as_secs_f64() * 1e3,
+                        clock.as_nanos()
+                    ),
+                    _ => "not signalled".into(),
+                };
                 eprintln!(
                     "twinbox: vm boot: guest stopped ({:?}); boot timer: {boot}; ran {:.3} ms",
                     exit.reason,

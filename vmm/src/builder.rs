@@ -215,10 +215,13 @@ impl Vmm {
                 vm.max_vcpus()
             )));
         }
+        let mut phases = Phases::new(start);
+        phases.mark("kvm");
         let mem = create_guest_memory(config.mem_size, config.memory_backing)?;
         vm.register_memory(&mem)?;
         vm.setup_irqchip()?;
 
+        phases.mark("memory");
         let stop = Arc::new(StopSignal::new().map_err(resource("the stop eventfd"))?);
         let boot_times = Arc::new(BootTimes::default());
         let mut cmdline = loader::parse_command_line(&config.cmdline)?;
@@ -258,6 +261,7 @@ impl Vmm {
             cmdline.insert_str(&*device_args).map_err(LoadError::from)?;
         }
 
+        phases.mark("devices");
         let kernel = loader::load_kernel(&mem, &config.kernel)?;
         let initrd = config
             .initrd
@@ -286,6 +290,7 @@ impl Vmm {
                 .unwrap_or_default()
         );
 
+        phases.mark("kernel");
         let pio = Arc::new(setup.pio);
         let mmio = Arc::new(setup.mmio);
         let boot = VcpuBoot {
@@ -300,6 +305,7 @@ impl Vmm {
             vcpus.push(vcpu);
         }
 
+        phases.mark("vcpus");
         let mut event_manager = EventManager::new().map_err(|e| VmmError::Resource {
             what: "the event loop",
             source: std::io::Error::other(e.to_string()),
@@ -313,6 +319,8 @@ impl Vmm {
         } else {
             None
         };
+        phases.mark("event loop and seccomp");
+        phases.log();
         vcpu::install_kick_handler()?;
         Ok(Self {
             start,
@@ -418,7 +426,8 @@ impl Vmm {
         match stop.cause() {
             Some(StopCause::Exit(reason)) => Ok(VmExit {
                 reason,
-                boot_time: boot_times.first(),
+                boot_time: boot_times.first().map(|mark| mark.since_start),
+                boot_clock: boot_times.first().map(|mark| mark.monotonic),
                 run_time,
             }),
             Some(StopCause::Error(message)) => Err(VmmError::Runtime(message)),
@@ -426,6 +435,36 @@ impl Vmm {
                 "the event loop ended without a stop".into(),
             )),
         }
+    }
+}
+
+/// Times the steps of [`Vmm::build`] for the debug log.
+struct Phases {
+    last: Instant,
+    done: Vec<(&'static str, Duration)>,
+}
+
+impl Phases {
+    fn new(start: Instant) -> Self {
+        Self {
+            last: start,
+            done: Vec::new(),
+        }
+    }
+
+    fn mark(&mut self, name: &'static str) {
+        let now = Instant::now();
+        self.done.push((name, now - self.last));
+        self.last = now;
+    }
+
+    fn log(&self) {
+        let steps: Vec<String> = self
+            .done
+            .iter()
+            .map(|(name, time)| format!("{name} {:.3} ms", time.as_secs_f64() * 1e3))
+            .collect();
+        tracing::debug!("vmm: built: {}", steps.join(", "));
     }
 }
 

@@ -25,6 +25,8 @@ pub struct VmExit {
     pub reason: ExitReason,
     /// Time from VMM start to the guest's first boot-timer write, if it wrote one.
     pub boot_time: Option<Duration>,
+    /// CLOCK_MONOTONIC at that write, to relate it to clocks outside the VMM.
+    pub boot_clock: Option<Duration>,
     /// Wall time the VM ran, from VMM start to the stop.
     pub run_time: Duration,
 }

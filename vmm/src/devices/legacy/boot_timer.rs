@@ -10,22 +10,43 @@ use crate::devices::bus::{BusDevice, lock};
 /// The value a guest writes to signal "booted".
 pub const BOOT_TIMER_MAGIC: u8 = 123;
 
+/// One boot-timer mark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BootMark {
+    /// Time from VMM start to the guest's magic write.
+    pub since_start: Duration,
+    /// The host's CLOCK_MONOTONIC at the write, to relate it to other processes' clocks
+    /// (e.g. a benchmark that spawned the VMM).
+    pub monotonic: Duration,
+}
+
 /// Boot-timer records shared with the VMM owner.
 #[derive(Debug, Default)]
 pub struct BootTimes {
-    marks: Mutex<Vec<Duration>>,
+    marks: Mutex<Vec<BootMark>>,
 }
 
 impl BootTimes {
-    /// The first mark (time from VMM start to the guest's first magic write).
-    pub fn first(&self) -> Option<Duration> {
+    /// The first mark.
+    pub fn first(&self) -> Option<BootMark> {
         lock(&self.marks).first().copied()
     }
 
     /// All marks in order.
-    pub fn all(&self) -> Vec<Duration> {
+    pub fn all(&self) -> Vec<BootMark> {
         lock(&self.marks).clone()
     }
+}
+
+/// The host's CLOCK_MONOTONIC.
+pub fn monotonic_now() -> Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec to fill; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
 }
 
 /// The boot-timer MMIO device.
@@ -53,10 +74,14 @@ impl BusDevice for BootTimer {
         if offset != 0 || data.first() != Some(&BOOT_TIMER_MAGIC) {
             return;
         }
+        let monotonic = monotonic_now();
         let elapsed = self.start.elapsed();
         let mut marks = lock(&self.times.marks);
         if marks.len() < MAX_MARKS {
-            marks.push(elapsed);
+            marks.push(BootMark {
+                since_start: elapsed,
+                monotonic,
+            });
         }
         tracing::info!(
             "guest boot timer: {}.{:03} ms since VMM start (mark {})",
@@ -80,9 +105,11 @@ mod tests {
         timer.write(0, &[BOOT_TIMER_MAGIC - 1]);
         timer.write(0, &[]);
         assert_eq!(times.first(), None);
+        let before = monotonic_now();
         timer.write(0, &[BOOT_TIMER_MAGIC]);
         let first = times.first().unwrap();
-        assert!(first <= start.elapsed());
+        assert!(first.since_start <= start.elapsed());
+        assert!(first.monotonic >= before && first.monotonic <= monotonic_now());
         for _ in 0..2 * MAX_MARKS {
             timer.write(0, &[BOOT_TIMER_MAGIC, 0, 0, 0]);
         }
