@@ -70,11 +70,18 @@ pub enum LoadError {
     /// Writing the command line failed.
     #[error("cannot write the kernel command line into guest memory: {0}")]
     CmdlineLoad(#[source] linux_loader::loader::Error),
-    /// A stock Linux kernel on a PVM host.
+    /// A Linux kernel that cannot run on a PVM host.
     #[error(
-        "{0} is a Linux kernel without PVM guest support, but this host's /dev/kvm is PVM (the kvm_pvm module is loaded), which only runs kernels built with CONFIG_PVM_GUEST; a stock kernel would hang silently. Boot a PVM-enabled guest kernel (an uncompressed vmlinux built with CONFIG_PVM_GUEST=y), or use a host with hardware KVM (VMX/SVM)"
+        "{} is {}, but this host's /dev/kvm is PVM (the kvm_pvm module is loaded), which only runs kernels built with CONFIG_PVM_GUEST; a stock kernel would hang silently. Boot a PVM-enabled guest kernel as an uncompressed vmlinux (built with CONFIG_PVM_GUEST=y), or use a host with hardware KVM (VMX/SVM)",
+        .path.display(),
+        if *.compressed { "a compressed bzImage whose PVM guest support cannot be checked" } else { "a Linux kernel without PVM guest support" }
     )]
-    PvmGuestKernelRequired(PathBuf),
+    PvmGuestKernelRequired {
+        /// The kernel.
+        path: PathBuf,
+        /// Whether it was a bzImage (unverifiable) rather than a vmlinux without PVM code.
+        compressed: bool,
+    },
 }
 
 /// What loading the kernel produced.
@@ -261,14 +268,19 @@ pub fn check_pvm_guest(path: &Path, host_is_pvm: bool) -> Result<(), LoadError> 
         return Ok(());
     }
     let mut file = open(path)?;
-    let is_linux = match detect_format(path, &mut file)? {
-        KernelFormat::BzImage => true,
-        KernelFormat::Elf => scan_for(path, LINUX_MARKERS)?,
+    let refuse = |compressed| LoadError::PvmGuestKernelRequired {
+        path: path.to_path_buf(),
+        compressed,
     };
-    if is_linux && !scan_for(path, PVM_GUEST_MARKERS)? {
-        return Err(LoadError::PvmGuestKernelRequired(path.to_path_buf()));
+    match detect_format(path, &mut file)? {
+        KernelFormat::BzImage => Err(refuse(true)),
+        KernelFormat::Elf
+            if scan_for(path, LINUX_MARKERS)? && !scan_for(path, PVM_GUEST_MARKERS)? =>
+        {
+            Err(refuse(false))
+        }
+        KernelFormat::Elf => Ok(()),
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -361,7 +373,13 @@ mod tests {
         let stock = write_temp(&linux);
         check_pvm_guest(stock.path(), false).unwrap();
         let error = check_pvm_guest(stock.path(), true).unwrap_err();
-        assert!(matches!(error, LoadError::PvmGuestKernelRequired(_)));
+        assert!(matches!(
+            error,
+            LoadError::PvmGuestKernelRequired {
+                compressed: false,
+                ..
+            }
+        ));
         assert!(error.to_string().contains("CONFIG_PVM_GUEST"));
 
         linux.extend_from_slice(b"\0pvm-guest: \0");
@@ -371,9 +389,7 @@ mod tests {
         let mut bzimage = vec![0u8; 0x400];
         bzimage[0x202..0x206].copy_from_slice(b"HdrS");
         let bz = write_temp(&bzimage);
-        assert!(matches!(
-            check_pvm_guest(bz.path(), true),
-            Err(LoadError::PvmGuestKernelRequired(_))
-        ));
+        let error = check_pvm_guest(bz.path(), true).unwrap_err();
+        assert!(error.to_string().contains("compressed bzImage"), "{error}");
     }
 }

@@ -130,9 +130,13 @@ impl Vm {
     /// Creates a VM on `kvm`.
     pub fn new(kvm: &Kvm) -> Result<Self, VmError> {
         let fd = kvm.create_vm().map_err(kvm_err("CREATE_VM"))?;
-        let supported_cpuid = kvm
+        let mut supported_cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_err("GET_SUPPORTED_CPUID"))?;
+        crate::arch::x86_64::cpuid::add_vmm_features(
+            &mut supported_cpuid,
+            kvm.check_extension(Cap::TscDeadlineTimer),
+        );
         Ok(Self {
             fd,
             supported_cpuid,
@@ -145,7 +149,8 @@ impl Vm {
         &self.fd
     }
 
-    /// The CPUID entries KVM supports, before per-vCPU normalization.
+    /// The CPUID entries KVM supports plus the VMM's additions, before per-vCPU
+    /// normalization.
     pub fn supported_cpuid(&self) -> &CpuId {
         &self.supported_cpuid
     }

@@ -10,6 +10,49 @@ const CMP_LEGACY_BIT: u32 = 1 << 1; // leaf 0x8000_0001 ECX (AMD)
 const LEVEL_TYPE_SMT: u32 = 1;
 const LEVEL_TYPE_CORE: u32 = 2;
 
+const TSC_DEADLINE_BIT: u32 = 1 << 24; // leaf 1 ECX
+const BRAND_LEAVES: [u32; 3] = [0x8000_0002, 0x8000_0003, 0x8000_0004];
+
+/// Adds what KVM_GET_SUPPORTED_CPUID leaves to the VMM: the TSC-deadline timer (KVM
+/// emulates it when it has KVM_CAP_TSC_DEADLINE_TIMER; without the bit Linux calibrates
+/// the LAPIC timer, slowly and sometimes unsuccessfully) and the host's processor brand
+/// string.
+pub fn add_vmm_features(cpuid: &mut CpuId, tsc_deadline: bool) {
+    for entry in cpuid.as_mut_slice() {
+        if entry.function == 1 && tsc_deadline {
+            entry.ecx |= TSC_DEADLINE_BIT;
+        }
+    }
+    let max_extended = cpuid
+        .as_slice()
+        .iter()
+        .find(|e| e.function == 0x8000_0000)
+        .map(|e| e.eax)
+        .unwrap_or(0);
+    for leaf in BRAND_LEAVES
+        .into_iter()
+        .filter(|leaf| *leaf <= max_extended)
+    {
+        let host = std::arch::x86_64::__cpuid(leaf);
+        let brand = kvm_cpuid_entry2 {
+            function: leaf,
+            eax: host.eax,
+            ebx: host.ebx,
+            ecx: host.ecx,
+            edx: host.edx,
+            ..Default::default()
+        };
+        match cpuid.as_mut_slice().iter_mut().find(|e| e.function == leaf) {
+            Some(entry) => *entry = brand,
+            None => {
+                if cpuid.push(brand).is_err() {
+                    tracing::debug!("cpuid: no room for the brand string leaf {leaf:#x}");
+                }
+            }
+        }
+    }
+}
+
 /// Number of APIC-id bits needed to number `count` vCPUs.
 fn id_bits(count: u8) -> u32 {
     (u32::from(count).max(1))
@@ -134,6 +177,38 @@ mod tests {
             (3, 5, LEVEL_TYPE_CORE)
         );
         assert_eq!((out[2].ebx, out[2].ecx >> 8), (0, 0));
+    }
+
+    #[test]
+    fn tsc_deadline_and_brand_string_are_added() {
+        let mut cpuid = CpuId::from_entries(&[
+            leaf(1, 0),
+            kvm_cpuid_entry2 {
+                function: 0x8000_0000,
+                eax: 0x8000_0004,
+                ..Default::default()
+            },
+        ])
+        .unwrap();
+        add_vmm_features(&mut cpuid, true);
+        let entries = cpuid.as_slice();
+        assert_ne!(entries[0].ecx & TSC_DEADLINE_BIT, 0);
+        let host = std::arch::x86_64::__cpuid(0x8000_0002);
+        let brand = entries.iter().find(|e| e.function == 0x8000_0002).unwrap();
+        assert_eq!((brand.eax, brand.ebx), (host.eax, host.ebx));
+        assert_eq!(
+            entries.iter().filter(|e| e.function >= 0x8000_0002).count(),
+            3
+        );
+
+        let mut without = CpuId::from_entries(&[leaf(1, 0)]).unwrap();
+        add_vmm_features(&mut without, false);
+        assert_eq!(without.as_slice()[0].ecx & TSC_DEADLINE_BIT, 0);
+        assert_eq!(
+            without.as_slice().len(),
+            1,
+            "no extended range, no brand leaves"
+        );
     }
 
     #[test]
