@@ -1,6 +1,10 @@
 //! `twinbox vm boot`: builds a [`vmm::VmConfig`] from the command line and runs the VM.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use nix::sys::signal::{SigSet, Signal};
 
 use crate::cli::vm::VmBootArgs;
 
@@ -48,6 +52,34 @@ pub fn vm_config(args: &VmBootArgs) -> Result<vmm::VmConfig, String> {
     Ok(config)
 }
 
+/// Blocks SIGINT, SIGTERM and SIGHUP in the calling thread before the VM is built, so the
+/// VMM threads inherit the mask and a signal never kills the process half way (which would
+/// leave its sockets behind); [`stop_on_signals`] then turns them into a clean stop.
+fn block_stop_signals() -> std::io::Result<SigSet> {
+    let mut signals = SigSet::empty();
+    for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        signals.add(signal);
+    }
+    signals.thread_block().map_err(std::io::Error::from)?;
+    Ok(signals)
+}
+
+/// Waits for one of `signals` on a thread of its own and stops the VM; returns the slot
+/// that receives the signal number.
+fn stop_on_signals(signals: SigSet, handle: vmm::VmHandle) -> std::io::Result<Arc<AtomicI32>> {
+    let received = Arc::new(AtomicI32::new(0));
+    let slot = received.clone();
+    std::thread::Builder::new()
+        .name("vm-signals".into())
+        .spawn(move || {
+            if let Ok(signal) = signals.wait() {
+                slot.store(signal as i32, Ordering::SeqCst);
+                handle.stop();
+            }
+        })?;
+    Ok(received)
+}
+
 /// Runs `twinbox vm boot`; returns the exit code.
 pub fn boot(args: &VmBootArgs, debug: bool) -> i32 {
     if debug {
@@ -63,8 +95,33 @@ pub fn boot(args: &VmBootArgs, debug: bool) -> i32 {
             return 2;
         }
     };
-    let result = vmm::Vmm::build(config).and_then(vmm::Vmm::run);
-    match result {
+    let signals = match block_stop_signals() {
+        Ok(signals) => signals,
+        Err(error) => {
+            eprintln!("twinbox: vm boot: cannot set up signal handling: {error}");
+            return 1;
+        }
+    };
+    let vmm = match vmm::Vmm::build(config) {
+        Ok(vmm) => vmm,
+        Err(error) => {
+            eprintln!("twinbox: vm boot: {error}");
+            return 1;
+        }
+    };
+    let signal = match stop_on_signals(signals, vmm.handle()) {
+        Ok(slot) => slot,
+        Err(error) => {
+            eprintln!("twinbox: vm boot: cannot set up signal handling: {error}");
+            return 1;
+        }
+    };
+    match vmm.run() {
+        Ok(exit) if exit.reason == vmm::ExitReason::Stopped => {
+            let signal = signal.load(Ordering::SeqCst);
+            eprintln!("twinbox: vm boot: stopped by signal {signal}");
+            128 + signal
+        }
         Ok(exit) => {
             if debug {
                 let boot = match (exit.boot_time, exit.boot_clock) {

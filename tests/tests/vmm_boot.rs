@@ -120,6 +120,34 @@ fn vsock_socket_is_removed_when_the_vm_ends() {
 }
 
 #[test]
+fn sigterm_stops_the_vm_and_removes_its_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = tiny_guest(dir.path(), "cli\n.h: hlt\njmp .h");
+    let socket = dir.path().join("v.sock");
+    let child = Command::new(twinbox_tests::twinbox_bin())
+        .args(["vm", "boot", "--kernel"])
+        .arg(&kernel)
+        .arg("--vsock")
+        .arg(&socket)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the VMM never created its socket"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    assert_fails_with(&out, 128 + libc::SIGTERM, "stopped by signal 15");
+    assert!(!socket.exists(), "the socket is removed on a signal stop");
+}
+
+#[test]
 fn missing_kvm_is_explained() {
     let dir = tempfile::tempdir().unwrap();
     let kernel = hello_guest(dir.path(), "");

@@ -70,7 +70,6 @@ const VMM_ONLY: &[i64] = &[
     libc::SYS_pread64,
     libc::SYS_pwrite64,
     libc::SYS_fdatasync,
-    libc::SYS_fsync,
     libc::SYS_close,
     libc::SYS_fcntl,
     libc::SYS_accept4,
@@ -81,7 +80,6 @@ const VMM_ONLY: &[i64] = &[
     libc::SYS_recvmsg,
     libc::SYS_sendmsg,
     libc::SYS_shutdown,
-    libc::SYS_getsockopt,
 ];
 
 /// ioctls a vCPU thread makes.

@@ -525,6 +525,28 @@ mod tests {
     }
 
     #[test]
+    fn a_guest_that_never_reads_cannot_grow_the_control_queue() {
+        let mem = memory();
+        let mut h = Harness::new(&mem);
+        // Take all rx buffers away, then provoke a reset per packet.
+        for port in 0..u32::from(RX_COUNT) {
+            h.send(guest_header(9000 + port, 1, OP_RW, 1), b"x");
+        }
+        assert_eq!(h.received().len(), usize::from(RX_COUNT));
+        let mut device = h.device.lock().unwrap();
+        let bogus = guest_header(1, 1, OP_RW, 0);
+        for _ in 0..10_000 {
+            device.muxer.handle_guest_packet(&bogus, &[]);
+        }
+        assert!(device.muxer.has_rx());
+        let mut queued = 0;
+        while device.muxer.next_rx(0).is_some() {
+            queued += 1;
+        }
+        assert_eq!(queued, super::super::muxer::MAX_CONTROL);
+    }
+
+    #[test]
     fn reserved_cids_and_busy_paths_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         assert!(matches!(

@@ -26,6 +26,9 @@ pub const MAX_PAYLOAD: usize = 64 << 10;
 pub const MAX_CONNECTIONS: usize = 1024;
 /// Longest `CONNECT <port>\n` line accepted.
 const MAX_HANDSHAKE: usize = 32;
+/// Most control packets queued for the guest: a guest that sends packets but posts no
+/// receive buffers cannot grow the VMM's memory without bound.
+pub const MAX_CONTROL: usize = 4096;
 /// First host-side port handed to host-initiated connections.
 const FIRST_HOST_PORT: u32 = 1 << 30;
 
@@ -240,7 +243,15 @@ impl Muxer {
         if let Some(connection) = self.connections.get_mut(&key) {
             connection.fwd_cnt_sent = connection.fwd_cnt;
         }
-        self.control.push_back(header);
+        self.push_control(header);
+    }
+
+    fn push_control(&mut self, header: PacketHeader) {
+        if self.control.len() < MAX_CONTROL {
+            self.control.push_back(header);
+        } else {
+            tracing::warn!("vsock: the guest does not take its packets; dropping a control packet");
+        }
     }
 
     fn bury(&mut self, stream: UnixStream) {
@@ -257,7 +268,7 @@ impl Muxer {
     fn reset(&mut self, key: ConnKey) {
         self.remove_connection(key);
         let header = self.header(key, OP_RST);
-        self.control.push_back(header);
+        self.push_control(header);
     }
 
     /// Handles readiness of one of the muxer's fds.
@@ -466,7 +477,7 @@ impl Muxer {
                     Path::new(&path).display()
                 );
                 let header = self.header(key, OP_RST);
-                self.control.push_back(header);
+                self.push_control(header);
             }
         }
     }
@@ -520,7 +531,7 @@ impl Muxer {
             connection.state = State::Closing;
             let _ = connection.flush();
             let header = self.header(key, OP_RST);
-            self.control.push_back(header);
+            self.push_control(header);
             self.after_flush(key);
         } else if connection.flush().is_err() {
             self.reset(key);
