@@ -479,6 +479,24 @@ mod tests {
     }
 
     #[test]
+    fn a_handshake_may_arrive_in_pieces() {
+        let mem = memory();
+        let mut h = Harness::new(&mem);
+        let mut host = UnixStream::connect(h.uds()).unwrap();
+        host.write_all(b"CONN").unwrap();
+        h.pump();
+        assert!(h.received().is_empty());
+        host.write_all(b"ECT 77\r\n").unwrap();
+        h.pump();
+        let packets = h.received();
+        assert_eq!(packets.len(), 1);
+        assert_eq!(
+            ({ packets[0].0.op }, { packets[0].0.dst_port }),
+            (OP_REQUEST, 77)
+        );
+    }
+
+    #[test]
     fn bad_handshakes_and_refused_ports() {
         let mem = memory();
         let mut h = Harness::new(&mem);

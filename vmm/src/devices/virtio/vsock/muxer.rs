@@ -313,28 +313,31 @@ impl Muxer {
     }
 
     fn read_handshake(&mut self, fd: RawFd) {
-        let Some(pending) = self.pending.get_mut(&fd) else {
+        let Some(mut pending) = self.pending.remove(&fd) else {
             return;
         };
         let mut byte = [0u8; 1];
         // Byte by byte, so nothing after the newline (the first data) is consumed.
-        let outcome = loop {
+        let line_done = loop {
             match pending.stream.read(&mut byte) {
                 Ok(0) => break Err("closed before CONNECT"),
-                Ok(_) if byte[0] == b'\n' => break Ok(Some(())),
+                Ok(_) if byte[0] == b'\n' => break Ok(true),
                 Ok(_) if pending.line.len() >= MAX_HANDSHAKE => break Err("line too long"),
                 Ok(_) => pending.line.push(byte[0]),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break Ok(None),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break Ok(false),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(_) => break Err("read failed"),
             }
         };
-        let port = match outcome {
-            Ok(None) => return,
-            Ok(Some(())) => parse_connect(&pending.line).ok_or("expected `CONNECT <port>`"),
+        let port = match line_done {
+            Ok(false) => {
+                // The rest of the line has not arrived yet.
+                self.pending.insert(fd, pending);
+                return;
+            }
+            Ok(true) => parse_connect(&pending.line).ok_or("expected `CONNECT <port>`"),
             Err(why) => Err(why),
         };
-        let pending = self.pending.remove(&fd).expect("pending entry exists");
         let guest_port = match port {
             Ok(port) => port,
             Err(why) => {
@@ -550,7 +553,9 @@ impl Muxer {
             .map(|(k, _)| *k)
             .collect();
         for key in keys {
-            let connection = self.connections.get_mut(&key).expect("key from the map");
+            let Some(connection) = self.connections.get_mut(&key) else {
+                continue;
+            };
             if connection.host_eof {
                 continue;
             }
