@@ -6,6 +6,12 @@
 //! `vstate` (VM, vCPUs, memory), `devices` (legacy and virtio), plus the kernel loader, the
 //! seccomp filters and the builder that ties them together.
 //!
+//! [`Vmm::run`] may be called from any thread of a process that does other work: the
+//! vCPUs and the device event loop run on threads of their own, each under its seccomp
+//! filter. Two process-wide signal handlers are installed once: the first real-time signal
+//! (`SIGRTMIN`) kicks vCPU threads out of `KVM_RUN`, and `SIGSYS` reports a seccomp
+//! violation and exits; the host program should use neither for itself.
+//!
 //! ```no_run
 //! let mut config = vmm::VmConfig::new("/path/to/vmlinux");
 //! config.initrd = Some("/path/to/initrd.cpio".into());
