@@ -18,3 +18,4 @@ pub mod runtime_commands;
 pub mod runtime_features;
 pub mod spec;
 pub mod state;
+pub mod vm_boot;
