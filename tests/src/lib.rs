@@ -29,16 +29,15 @@ pub fn bin_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// Cargo's target directory, where build caches such as the guest kernel live: the outermost
-/// ancestor of the running executable that holds a `CACHEDIR.TAG` (cargo also tags
-/// `target/<triple>/`).
+/// Directory of the build caches shared with `make kernel` and `guest/kernel/build.sh` (the
+/// guest kernel, the emulated KVM host's image): `$CARGO_TARGET_DIR`, or `target/` in the
+/// repository, by the same rule as `build.sh`. It does not depend on what cargo created first:
+/// on a fresh clone `make kernel` creates `target/` before cargo does.
 pub fn target_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe of the running binary");
-    exe.ancestors()
-        .filter(|dir| dir.join("CACHEDIR.TAG").is_file())
-        .last()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => repo_root().join("target"),
+    }
 }
 
 /// Root of the twinbox source tree.
