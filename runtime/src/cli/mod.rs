@@ -5,6 +5,7 @@
 //! command set: people (docker/podman-style image and container commands) and container
 //! engines (the runc-compatible OCI runtime commands that podman and containerd call).
 
+pub mod compare;
 pub mod image;
 pub mod runtime;
 pub mod vm;
@@ -78,4 +79,7 @@ pub enum Command {
     Runtime(runtime::RuntimeCommand),
     /// Low-level microVM commands (boot a kernel with twinbox's VMM).
     Vm(vm::VmCommand),
+    /// Run an image as a container, as a microVM and under peer runtimes, and compare start
+    /// time, weight, density and isolation side by side.
+    Compare(compare::CompareArgs),
 }

@@ -1,5 +1,6 @@
 //! Turns parsed command lines into library calls.
 
+mod compare;
 mod image;
 
 use crate::cli::{Cli, Command};
@@ -28,6 +29,7 @@ pub fn run(cli: Cli) -> i32 {
         Some(command) => match command {
             Command::Image(command) => image::run(&cli.global, command),
             Command::Runtime(command) => crate::runtime_commands::run(&cli.global, command),
+            Command::Compare(args) => compare::run(&cli.global, args),
             Command::Vm(vm) => match vm.action {
                 crate::cli::vm::VmAction::Boot(args) => {
                     crate::vm_boot::boot(&args, cli.global.debug)
