@@ -401,3 +401,36 @@ fn bad_usage_is_refused_with_a_reason() {
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("no-such-image"));
 }
+
+#[test]
+fn workloads_exit_with_any_status_but_a_missing_one_fails_its_runs() {
+    let store = store_with_busybox();
+    let work = tempfile::tempdir().unwrap();
+    let timed = |workload: &[&str]| {
+        let mut command = compare_command(
+            &store,
+            work.path(),
+            "--runs 2 --modes container --peers none --format json --",
+        );
+        command.args(workload);
+        let output = run_ok(command);
+        validated_report(&String::from_utf8(output.stdout).unwrap()).0
+    };
+    let exits_3 = timed(&["sh", "-c", "exit 3"]);
+    let times = &exits_3.start_time[0];
+    assert_eq!(times.failures, 0, "{times:?}");
+    assert_eq!(times.exit.as_ref().unwrap().count, 2);
+
+    let missing = timed(&["/no/such/workload"]);
+    let times = &missing.start_time[0];
+    assert_eq!((times.failures, times.workload_start.is_none()), (2, true));
+    assert!(
+        missing
+            .header
+            .notes
+            .iter()
+            .any(|note| note.contains("/no/such/workload")),
+        "{:?}",
+        missing.header.notes
+    );
+}

@@ -17,6 +17,9 @@ use crate::compare::timing::LaunchClock;
 use crate::image::store::{Image, ImageStore};
 use twinbox_probe::StartMarker;
 
+/// The probe's exit status when it cannot exec the workload (as a shell's).
+const PROBE_EXEC_FAILED: i32 = 127;
+
 /// How long a sandbox may take to reach its workload.
 pub const START_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -203,7 +206,10 @@ impl<'a> Sandbox<'a> {
         let stdout = String::from_utf8_lossy(&running.output).into_owned();
         let status = running.finish(deadline).map_err(fail)?;
         let exited = launch.instant.elapsed();
-        if !status.success() {
+        // A workload that started may exit with any status (`-- sh -c 'exit 3'` is a fine
+        // workload to time); 127 is the probe failing to exec it.
+        let workload_ran = started.is_some() && status.code() != Some(PROBE_EXEC_FAILED);
+        if !status.success() && !workload_ran {
             return Err(fail(format!("{status}: {}", log_tail(&self.log()))));
         }
         // `run` deleted the sandbox.
