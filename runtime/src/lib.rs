@@ -13,7 +13,5 @@ pub mod container;
 pub mod image;
 pub mod lifecycle;
 pub mod logging;
-pub mod runtime_commands;
-pub mod runtime_features;
 pub mod spec;
 pub mod state;

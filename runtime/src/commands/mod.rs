@@ -1,6 +1,9 @@
-//! Turns parsed command lines into library calls.
+//! Turns parsed command lines into library calls: one module per command family (image
+//! store, OCI runtime), each a thin layer over the library.
 
+pub mod features;
 mod image;
+mod runtime;
 
 use crate::cli::{Cli, Command};
 
@@ -27,7 +30,7 @@ pub fn run(cli: Cli) -> i32 {
         }
         Some(command) => match command {
             Command::Image(command) => image::run(&cli.global, command),
-            Command::Runtime(command) => crate::runtime_commands::run(&cli.global, command),
+            Command::Runtime(command) => runtime::run(&cli.global, command),
         },
     }
 }

@@ -450,7 +450,7 @@ fn list(root: &RunRoot, args: ListArgs) -> CommandResult {
 }
 
 fn features() -> CommandResult {
-    print_json(&crate::runtime_features::features());
+    print_json(&super::features::features());
     Ok(0)
 }
 
@@ -462,7 +462,7 @@ fn spec(args: SpecArgs) -> CommandResult {
             path.display()
         )));
     }
-    let spec = crate::runtime_features::default_spec(args.rootless);
+    let spec = super::features::default_spec(args.rootless);
     let text = serde_json::to_string_pretty(&spec).map_err(|e| e.to_string())?;
     std::fs::write(&path, text + "\n").map_err(|e| format!("writing {}: {e}", path.display()))?;
     Ok(0)
