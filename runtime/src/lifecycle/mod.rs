@@ -6,7 +6,7 @@
 mod signals;
 pub mod tty;
 
-pub use signals::{forward_signals_to, parse_signal, wait_for_exit};
+pub use signals::{forward_signals_to, hold_signals, parse_signal, wait_for_exit};
 
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
