@@ -145,7 +145,8 @@ pub struct SpecArgs {
     /// Resource limit TYPE=SOFT[:HARD], e.g. nofile=1024:2048. Repeatable.
     #[arg(long, value_name = "TYPE=SOFT[:HARD]")]
     pub ulimit: Vec<String>,
-    /// Security options; supported: seccomp=unconfined.
+    /// Security options: seccomp=unconfined, seccomp=PROFILE.json (OCI or Docker format),
+    /// no-new-privileges[=true|false]. Repeatable.
     #[arg(long, value_name = "OPT")]
     pub security_opt: Vec<String>,
 }

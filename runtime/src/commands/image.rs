@@ -8,7 +8,7 @@ use crate::cli::image::{BundleArgs, Format, ImageCommand, ImagesArgs, SpecArgs};
 use crate::config::Config;
 use crate::image::store::DEFAULT_ROOT;
 use crate::image::{Image, ImageStore, Platform, PullOptions, archive};
-use crate::spec::{self, SpecOptions};
+use crate::spec::{self, SpecError, SpecOptions};
 
 /// Environment variable overriding the store root.
 pub const ROOT_ENV: &str = "TWINBOX_ROOT";
@@ -124,16 +124,30 @@ fn bundle(store: &ImageStore, args: BundleArgs) -> CommandResult {
 }
 
 /// Turns the shared spec flags into [`SpecOptions`].
-pub fn spec_options(args: &SpecArgs) -> Result<SpecOptions, Box<dyn std::error::Error>> {
+pub fn spec_options(args: &SpecArgs) -> Result<SpecOptions, SpecError> {
     let mut seccomp_unconfined = false;
+    let mut seccomp_profile = None;
+    let mut no_new_privileges = None;
     for opt in &args.security_opt {
-        match opt.as_str() {
-            "seccomp=unconfined" | "seccomp:unconfined" => seccomp_unconfined = true,
-            other => {
-                return Err(format!(
-                    "unsupported --security-opt {other:?} (supported: seccomp=unconfined)"
-                )
-                .into());
+        let (key, value) = opt
+            .split_once(['=', ':'])
+            .map_or((opt.as_str(), None), |(k, v)| (k, Some(v)));
+        match (key, value) {
+            ("seccomp", Some("unconfined")) => seccomp_unconfined = true,
+            ("seccomp", Some(path)) if !path.is_empty() => {
+                seccomp_profile = Some(PathBuf::from(path));
+            }
+            ("no-new-privileges", None | Some("true")) => no_new_privileges = Some(true),
+            ("no-new-privileges", Some("false")) => no_new_privileges = Some(false),
+            // Neither SELinux nor AppArmor is applied: asking for none of them is fine.
+            ("label", Some("disable")) | ("apparmor", Some("unconfined")) => {}
+            _ => {
+                return Err(SpecError::Invalid {
+                    what: "--security-opt",
+                    value: opt.clone(),
+                    reason: "supported: seccomp=unconfined, seccomp=PROFILE.json, \
+                             no-new-privileges[=true|false]",
+                });
             }
         }
     }
@@ -156,6 +170,8 @@ pub fn spec_options(args: &SpecArgs) -> Result<SpecOptions, Box<dyn std::error::
         cap_add: args.cap_add.clone(),
         cap_drop: args.cap_drop.clone(),
         seccomp_unconfined,
+        seccomp_profile,
+        no_new_privileges,
         ulimits: args.ulimit.clone(),
         annotations: Default::default(),
     })
