@@ -10,6 +10,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod container;
+pub mod engine;
 pub mod image;
 pub mod lifecycle;
 pub mod logging;

@@ -5,6 +5,7 @@
 //! command set: people (docker/podman-style image and container commands) and container
 //! engines (the runc-compatible OCI runtime commands that podman and containerd call).
 
+pub mod engine;
 pub mod image;
 pub mod runtime;
 
@@ -39,6 +40,11 @@ pub struct GlobalOpts {
     /// directory (default /run/twinbox), as with runc.
     #[arg(long, global = true, value_name = "DIR")]
     pub root: Option<PathBuf>,
+
+    /// Container state directory of the docker-style commands (default /run/twinbox, or
+    /// $TWINBOX_RUN_ROOT): the same run root the OCI runtime commands use.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub run_root: Option<PathBuf>,
 
     /// Write logs to FILE instead of stderr.
     #[arg(long, global = true, value_name = "FILE")]
@@ -75,4 +81,7 @@ pub enum Command {
     /// The runc-compatible OCI runtime commands.
     #[command(flatten)]
     Runtime(runtime::RuntimeCommand),
+    /// The docker-style container commands runc does not have.
+    #[command(flatten)]
+    Engine(engine::EngineCommand),
 }

@@ -1,11 +1,12 @@
 //! The image commands: thin wrappers that turn CLI structs into `crate::image` calls and
-//! print results.
+//! print results. `inspect` shows containers too (containers first, as docker).
 
 use std::path::PathBuf;
 
 use crate::cli::GlobalOpts;
-use crate::cli::image::{BundleArgs, Format, ImageCommand, ImagesArgs, SpecArgs};
+use crate::cli::image::{BundleArgs, Format, ImageCommand, ImagesArgs, InspectType, SpecArgs};
 use crate::config::Config;
+use crate::engine::EngineError;
 use crate::image::store::DEFAULT_ROOT;
 use crate::image::{Image, ImageStore, Platform, PullOptions, archive};
 use crate::spec::{self, SpecError, SpecOptions};
@@ -80,9 +81,20 @@ fn execute(global: &GlobalOpts, command: ImageCommand) -> CommandResult {
         }
         ImageCommand::Images(args) => list_images(&store, &args)?,
         ImageCommand::Inspect(args) => {
+            let engine = super::engine::engine_for(global);
             let mut out = Vec::new();
-            for spec in &args.images {
-                out.push(inspect(&store, &store.resolve(spec)?)?);
+            for name in &args.images {
+                if args.kind != Some(InspectType::Image) {
+                    match engine.inspect(name) {
+                        Ok(container) => {
+                            out.push(container);
+                            continue;
+                        }
+                        Err(EngineError::NoSuchContainer(_)) if args.kind.is_none() => {}
+                        Err(err) => return Err(err.into()),
+                    }
+                }
+                out.push(inspect(&store, &store.resolve(name)?)?);
             }
             println!("{}", serde_json::to_string_pretty(&out)?);
         }
@@ -219,17 +231,8 @@ fn list_images(store: &ImageStore, args: &ImagesArgs) -> CommandResult {
             ]);
         }
     }
-    let widths: Vec<usize> = (0..5)
-        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
-        .collect();
-    for row in rows {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        println!("{}", line.join("   ").trim_end());
-    }
+    let rows: Vec<Vec<String>> = rows.into_iter().map(Vec::from).collect();
+    super::print_table(&rows);
     Ok(())
 }
 
