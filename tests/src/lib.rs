@@ -3,6 +3,7 @@
 //! own modules.
 
 pub mod cpio;
+pub mod docker;
 pub mod engines;
 pub mod guest_kernel;
 pub mod kvm_host;
