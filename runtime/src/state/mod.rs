@@ -290,6 +290,12 @@ impl RunRoot {
         Ok(ids)
     }
 
+    /// Lets the sandbox keep compiled seccomp programs under `.seccomp/` here (the run root is
+    /// its owner's only, and on tmpfs by default, so the cache starts empty at boot).
+    pub fn use_seccomp_cache(&self) {
+        twinbox_sandbox::seccomp::set_cache_dir(Some(self.dir.join(".seccomp")));
+    }
+
     /// Removes the container's directory and everything in it.
     pub fn remove(&self, id: &str) -> Result<(), StateError> {
         let dir = self.container_dir(id);
