@@ -80,6 +80,14 @@ fn env_env_file_workdir_user_groups_and_hostname() {
     let (code, out, err) = docker.sh(&["-u", "65534:10"], "id -u; id -g");
     assert_eq!(code, 0, "{err}");
     assert_eq!(out, "65534\n10\n");
+
+    // A missing working directory is created; /etc/hostname and /etc/hosts name the host.
+    let (code, out, err) = docker.sh(
+        &["-w", "/srv/app", "--hostname", "web1"],
+        "pwd; cat /etc/hostname; grep -c localhost /etc/hosts; grep web1 /etc/hosts",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "/srv/app\nweb1\n2\n127.0.1.1\tweb1\n");
 }
 
 #[test]
@@ -319,6 +327,19 @@ fn seccomp_default_unconfined_profile_file_and_no_new_privileges() {
         out.contains("chdir-allowed"),
         "the CAP_SYS_ADMIN-only rule must not apply: {out}"
     );
+
+    // The compiled programs are kept for the next container (run root, owner only).
+    let cached = std::fs::read_dir(docker.run_root().join(".seccomp"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".bpf")
+        })
+        .count();
+    assert!(cached >= 2, "default and file profiles: {cached}");
 
     let bad = docker.run([
         "run",

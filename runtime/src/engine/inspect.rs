@@ -26,14 +26,16 @@ fn document(engine: &Engine, container: &Container, spec: &oci_spec::runtime::Sp
     let linux = spec.linux().clone().unwrap_or_default();
     let resources = linux.resources().clone().unwrap_or_default();
     let args = process.args().clone().unwrap_or_default();
+    let etc = engine.etc_dir(container.id());
     let mounts: Vec<Value> = spec
         .mounts()
         .iter()
         .flatten()
-        .filter(|m| matches!(m.typ().as_deref(), Some("bind") | Some("tmpfs")))
-        .filter(|m| {
-            // The user's mounts, not the standard /dev, /proc, ... ones.
-            m.typ().as_deref() == Some("bind") || !m.destination().starts_with("/dev")
+        // The user's mounts, not the standard /dev, /proc, ... ones or the /etc files.
+        .filter(|m| match m.typ().as_deref() {
+            Some("bind") => !m.source().as_ref().is_some_and(|s| s.starts_with(&etc)),
+            Some("tmpfs") => !m.destination().starts_with("/dev"),
+            _ => false,
         })
         .map(|m| {
             let options = m.options().clone().unwrap_or_default();

@@ -132,14 +132,6 @@ pub enum EngineError {
         "container {0} is running: stop it first (`twinbox stop {0}`) or remove it with `rm -f`"
     )]
     Running(String),
-    /// The operation needs a running container.
-    #[error("container {name} is not running ({status})")]
-    NotRunning {
-        /// The container.
-        name: String,
-        /// Its status.
-        status: Status,
-    },
     /// No process is left that could report the exit code.
     #[error(
         "the exit code of container {0} is unknown: the process that waited for it (its \
@@ -317,6 +309,26 @@ impl Engine {
         Ok(write_atomic(&dir.join(EXIT_FILE), &bytes)?)
     }
 
+    /// The directory of container `id`'s /etc/hosts, /etc/hostname and /etc/resolv.conf.
+    fn etc_dir(&self, id: &str) -> PathBuf {
+        self.run_root.path().join(".etc").join(id)
+    }
+
+    /// Removes what a container `id` that has no run-root state (any more) may have left:
+    /// its root filesystem in the store at `store_root` and its /etc files.
+    fn discard_leftovers(&self, id: &str, store_root: &Path) -> Result<(), EngineError> {
+        if store_root.join("containers").join(id).exists() {
+            ImageStore::open(store_root)?.remove_rootfs(id)?;
+        }
+        let etc = self.etc_dir(id);
+        match std::fs::remove_dir_all(&etc) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                Err(EngineError::io("removing", &etc)(err))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The log file a detached container `id` writes in the store.
     pub fn log_path(&self, id: &str) -> PathBuf {
         self.store_root.join("containers").join(id).join(LOG_FILE)
@@ -441,9 +453,9 @@ impl Engine {
             // Removed meanwhile by its own waiter (--rm).
             return Ok(());
         }
-        // Processes, cgroup and state first, then the root filesystem, then the name: a
-        // removal interrupted after the state is gone leaves a name whose container does not
-        // exist, which `collect_stale_names` finishes.
+        // Processes, cgroup and state first, then the root filesystem and /etc files, then the
+        // name: a removal interrupted after the state is gone leaves a name whose container
+        // does not exist, which `collect_stale_names` finishes.
         match container {
             Some(container) => container.delete(true)?,
             None => self.run_root.remove(id)?,
@@ -452,9 +464,7 @@ impl Engine {
             .get(annotations::STORE)
             .map(PathBuf::from)
             .unwrap_or_else(|| self.store_root.clone());
-        if store_root.join("containers").join(id).exists() {
-            ImageStore::open(&store_root)?.remove_rootfs(id)?;
-        }
+        self.discard_leftovers(id, &store_root)?;
         if let Some(name) = annotations.get(annotations::NAME) {
             self.names().release(name, id);
         }

@@ -19,7 +19,7 @@ use crate::backend::{BackendKind, ISOLATION_ANNOTATION};
 use crate::image::{Image, ImageStore};
 use crate::lifecycle::{ContainerBuilder, forward_signals_to, hold_signals, tty, wait_for_exit};
 use crate::spec::{SpecError, SpecOptions, from_image};
-use crate::state::{rfc3339_now, write_atomic};
+use crate::state::rfc3339_now;
 
 /// Everything `twinbox run IMAGE` was asked for.
 #[derive(Debug, Clone, Default)]
@@ -101,10 +101,11 @@ impl Drop for Setup<'_> {
             if let Err(err) = self.engine.remove(&self.id, true, false) {
                 tracing::warn!("cleaning up container {}: {err}", self.id);
             }
-        } else if let Err(err) = ImageStore::open(&self.engine.store_root)
-            .and_then(|store| store.remove_rootfs(&self.id))
+        } else if let Err(err) = self
+            .engine
+            .discard_leftovers(&self.id, &self.engine.store_root)
         {
-            tracing::warn!("removing the root filesystem of {}: {err}", self.id);
+            tracing::warn!("cleaning up container {}: {err}", self.id);
         }
         self.engine.names().release(&self.name, &self.id);
         if !self.anonymous_volumes.is_empty()
@@ -127,6 +128,7 @@ impl Engine {
         }
         let store = self.store()?;
         let image = store.resolve(&request.image)?;
+        tracing::debug!(image = %image.id, "image resolved");
         self.collect_stale_names();
         let id = random_hex(32);
         let name = self.reserve_name(request.name.as_deref(), &id)?;
@@ -138,14 +140,15 @@ impl Engine {
             anonymous_volumes: Vec::new(),
             armed: true,
         };
-        self.prepare(&store, &image, &request, &mut setup)?;
+        let spec = self.prepare(&store, &image, &request, &mut setup)?;
+        tracing::debug!(id = %setup.id, "spec ready");
         if request.detach {
-            monitor::launch(&mut setup, &request)?;
+            monitor::launch(&mut setup, &request, spec)?;
             Ok(RunOutcome::Detached {
                 id: setup.id.clone(),
             })
         } else {
-            self.run_foreground(&mut setup, &request)
+            self.run_foreground(&mut setup, &request, spec)
         }
     }
 
@@ -169,21 +172,21 @@ impl Engine {
     pub(super) fn collect_stale_names(&self) {
         for (name, id) in self.names().stale() {
             tracing::info!("removing {name} ({id}), left behind by a killed twinbox run");
-            if let Ok(store) = self.store() {
-                let _ = store.remove_rootfs(&id);
+            match self.discard_leftovers(&id, &self.store_root) {
+                Ok(()) => self.names().release(&name, &id),
+                Err(err) => tracing::warn!("removing {name} ({id}): {err}"),
             }
-            self.names().release(&name, &id);
         }
     }
 
-    /// Builds the container's root filesystem, mounts and spec; writes the bundle config.
+    /// Builds the container's root filesystem, mounts and spec.
     fn prepare(
         &self,
         store: &ImageStore,
         image: &Image,
         request: &RunRequest,
         setup: &mut Setup<'_>,
-    ) -> Result<(), EngineError> {
+    ) -> Result<Spec, EngineError> {
         let volume_store = VolumeStore::open(&self.store_root)?;
         let mut mounts = Vec::new();
         let mut named = Vec::new();
@@ -217,6 +220,7 @@ impl Engine {
         }
 
         let rootfs = store.prepare_rootfs(&setup.id, image)?;
+        tracing::debug!(id = %setup.id, overlay = rootfs.overlay, "root filesystem ready");
         let mut options = request.spec.clone();
         if request.network == NetworkMode::Host && options.hostname.is_none() {
             options.hostname = nix::unistd::gethostname()
@@ -235,17 +239,30 @@ impl Engine {
                 serde_json::to_string(&args).unwrap_or_default(),
             );
         }
+        let cwd = spec.process().as_ref().map(|p| p.cwd().clone());
+        if let Some(cwd) = cwd.filter(|c| c != Path::new("/")) {
+            // docker creates a missing working directory (owned by root).
+            let created = crate::image::fsutil::Root::open(&rootfs.path)
+                .and_then(|root| root.mkdir_all(cwd.strip_prefix("/").unwrap_or(&cwd)));
+            if let Err(err) = created {
+                tracing::debug!("creating the working directory {}: {err}", cwd.display());
+            }
+        }
+        let hostname = spec.hostname().clone().unwrap_or_default();
         let mut all_mounts = spec.mounts().clone().unwrap_or_default();
+        all_mounts.extend(etc_files(
+            &self.etc_dir(&setup.id),
+            &hostname,
+            request.network,
+            request.spec.read_only,
+        )?);
         all_mounts.extend(mounts);
         spec.set_mounts(Some(all_mounts));
         apply_resources(&mut spec, &request.resources)?;
         if request.network == NetworkMode::Host {
             remove_namespace(&mut spec, LinuxNamespaceType::Network);
         }
-        let config = setup.bundle.join("config.json");
-        let bytes = serde_json::to_vec(&spec).map_err(|e| SpecError::Build(e.to_string()))?;
-        write_atomic(&config, &bytes)?;
-        Ok(())
+        Ok(spec)
     }
 
     fn annotations(
@@ -301,14 +318,16 @@ impl Engine {
         map
     }
 
-    /// The builder of the container `setup` prepared; with a terminal also the socket that
-    /// receives its pty master (see [`receive_pty`]).
+    /// The builder of the container `setup` prepared, with its `spec`; with a terminal also
+    /// the socket that receives its pty master (see [`receive_pty`]).
     pub(super) fn builder(
         &self,
         setup: &Setup<'_>,
         request: &RunRequest,
+        spec: Spec,
     ) -> Result<(ContainerBuilder, Option<UnixStream>), EngineError> {
         let builder = ContainerBuilder::new(self.run_root.clone(), &setup.id, &setup.bundle)
+            .spec(spec)
             .isolation(request.isolation);
         if !request.spec.terminal {
             return Ok((builder, None));
@@ -322,8 +341,9 @@ impl Engine {
         &self,
         setup: &mut Setup<'_>,
         request: &RunRequest,
+        spec: Spec,
     ) -> Result<RunOutcome, EngineError> {
-        let (mut builder, console) = self.builder(setup, request)?;
+        let (mut builder, console) = self.builder(setup, request, spec)?;
         if console.is_none() {
             builder = builder.stdio([stdin_for(request.interactive)?, dup_fd(1)?, dup_fd(2)?]);
         }
@@ -339,6 +359,7 @@ impl Engine {
         }
         let code = wait_for_exit(pid)
             .map_err(EngineError::io("waiting for", Path::new("the container")))?;
+        tracing::debug!(id = %setup.id, code, "container exited");
         let oom_killed = container.oom_killed();
         self.record_exit(
             &setup.id,
@@ -350,6 +371,7 @@ impl Engine {
         )?;
         if request.auto_remove {
             self.remove(&setup.id, true, true)?;
+            tracing::debug!(id = %setup.id, "container removed");
         }
         Ok(RunOutcome::Exited {
             id: setup.id.clone(),
@@ -409,6 +431,44 @@ fn mount(
         .options(options)
         .build()
         .map_err(|e| SpecError::Build(e.to_string()).into())
+}
+
+/// The files docker gives every container, written into `dir` (in the run root, as podman
+/// keeps them) and bind-mounted: /etc/hostname, /etc/hosts (localhost and the hostname on the
+/// loopback interface; the host's file with the host's network) and, with the host's
+/// network, its /etc/resolv.conf.
+fn etc_files(
+    dir: &Path,
+    hostname: &str,
+    network: NetworkMode,
+    read_only: bool,
+) -> Result<Vec<oci_spec::runtime::Mount>, EngineError> {
+    let hosts = match network {
+        NetworkMode::Host => std::fs::read_to_string("/etc/hosts").unwrap_or_default(),
+        NetworkMode::None => format!(
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
+             127.0.1.1\t{hostname}\n"
+        ),
+    };
+    let mut files = vec![("hostname", format!("{hostname}\n")), ("hosts", hosts)];
+    if network == NetworkMode::Host
+        && let Ok(resolv) = std::fs::read_to_string("/etc/resolv.conf")
+    {
+        files.push(("resolv.conf", resolv));
+    }
+    let mut options = vec!["rbind".to_string(), "rprivate".to_string()];
+    if read_only {
+        options.push("ro".into());
+    }
+    std::fs::create_dir_all(dir).map_err(EngineError::io("creating", dir))?;
+    files
+        .into_iter()
+        .map(|(name, text)| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).map_err(EngineError::io("writing", &path))?;
+            mount(&format!("/etc/{name}"), "bind", &path, options.clone())
+        })
+        .collect()
 }
 
 /// Sets the memory, CPU and pids limits in the spec's resources.
