@@ -81,6 +81,14 @@ fn detached_run_logs_exec_stop_wait_and_rm() {
         table.contains(&id[..12]) && table.contains("web"),
         "{table}"
     );
+    assert_eq!(docker.ok(["ps", "-q"]), format!("{}\n", &id[..12]));
+    assert_eq!(docker.ok(["ps", "-aq", "--no-trunc"]), format!("{id}\n"));
+    // runc's `ps ID` lists the container's processes.
+    let processes = docker.ok(["ps", &id]);
+    assert!(
+        processes.starts_with("UID") && processes.contains("sh -c echo out-1"),
+        "{processes}"
+    );
 
     // The log keeps the streams apart.
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -392,23 +392,52 @@ fn network_none_has_only_loopback_up_and_host_sees_the_host() {
 fn terminal_with_t_and_stdin_with_i() {
     let docker = Docker::new();
     // -t under a pseudo-terminal made by script(1).
-    let command = format!(
-        "{} --root {} --run-root {} run --rm -t {IMAGE} sh -c 'tty; test -t 1 && echo stdout-is-a-tty'",
-        twinbox_tests::twinbox_bin().display(),
-        docker.store().display(),
-        docker.run_root().display()
-    );
-    let out = std::process::Command::new("script")
-        .args(["-qec", &command, "/dev/null"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
+    let under_a_terminal = |args: &str| {
+        let command = format!(
+            "{} --root {} --run-root {} {args}",
+            twinbox_tests::twinbox_bin().display(),
+            docker.store().display(),
+            docker.run_root().display()
+        );
+        let out = std::process::Command::new("script")
+            .args(["-qec", &command, "/dev/null"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{args}: {text}");
+        text
+    };
+    let text = under_a_terminal(&format!(
+        "run --rm -t {IMAGE} sh -c 'tty; test -t 1 && echo stdout-is-a-tty'"
+    ));
     assert!(
         text.contains("/dev/pts/0") && text.contains("stdout-is-a-tty"),
         "{text}"
     );
+    // Detached with a terminal: the log gets the terminal's output; exec -it gets its own.
+    docker.ok([
+        "run",
+        "-d",
+        "-t",
+        "--name",
+        "term",
+        IMAGE,
+        "sh",
+        "-c",
+        "tty; sleep 300",
+    ]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !docker.ok(["logs", "term"]).contains("/dev/pts/0") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no terminal output logged"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let text = under_a_terminal("exec -it term tty");
+    assert!(text.contains("/dev/pts/1"), "{text}");
+    docker.ok(["rm", "-f", "term"]);
 
     // -i: stdin reaches the container; without -i it reads nothing.
     for (flags, expected) in [(&["-i"][..], "hello from stdin\n"), (&[][..], "")] {
