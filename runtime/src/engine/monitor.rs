@@ -174,7 +174,12 @@ fn become_monitor(setup: &Setup<'_>, request: &RunRequest, spec: Spec, report: O
     // terminal job control (Ctrl-C in the shell must not reach it).
     unsafe { libc::setsid() };
     let _ = std::env::set_current_dir("/");
-    match start_detached(setup, request, spec) {
+    let started = setup
+        .engine
+        .names()
+        .adopt(&setup.name, &setup.id)
+        .and_then(|()| start_detached(setup, request, spec));
+    match started {
         Ok(watch) => {
             let _ = report.write_all(b"0\n");
             drop(report);

@@ -102,10 +102,7 @@ impl Names {
     pub(crate) fn reserve(&self, name: &str, id: &str) -> Result<(), EngineError> {
         validate_name("container", name)?;
         fs::create_dir_all(&self.dir).map_err(EngineError::io("creating", &self.dir))?;
-        let me = ProcessIdentity::of(std::process::id() as i32).unwrap_or_default();
-        let temp = self.dir.join(format!(".{id}"));
-        fs::write(&temp, format!("{id} {} {}\n", me.pid, me.start_time))
-            .map_err(EngineError::io("writing", &temp))?;
+        let temp = self.write_record(id)?;
         let target = self.dir.join(name);
         let result = loop {
             match fs::hard_link(&temp, &target) {
@@ -129,6 +126,31 @@ impl Names {
         };
         let _ = fs::remove_file(&temp);
         result
+    }
+
+    /// Makes this process the reserver of `name` (held by container `id`): the forked
+    /// monitor takes over from the `run` that reserved it, which may exit or be killed before
+    /// the container exists.
+    pub(crate) fn adopt(&self, name: &str, id: &str) -> Result<(), EngineError> {
+        if self.read(name).is_none_or(|r| r.id != id) {
+            return Err(EngineError::NoSuchContainer(name.to_string()));
+        }
+        let temp = self.write_record(id)?;
+        let target = self.dir.join(name);
+        fs::rename(&temp, &target).map_err(|e| {
+            let _ = fs::remove_file(&temp);
+            EngineError::io("reserving the name", &target)(e)
+        })
+    }
+
+    /// Writes the reservation record of `id` held by this process to a temporary file of the
+    /// names directory, to be linked or renamed into place.
+    fn write_record(&self, id: &str) -> Result<PathBuf, EngineError> {
+        let me = ProcessIdentity::of(std::process::id() as i32).unwrap_or_default();
+        let temp = self.dir.join(format!(".{id}"));
+        fs::write(&temp, format!("{id} {} {}\n", me.pid, me.start_time))
+            .map_err(EngineError::io("writing", &temp))?;
+        Ok(temp)
     }
 
     /// Reservations left by a killed `run` (name, id): the reserver is dead and the container
@@ -192,6 +214,10 @@ mod tests {
         assert_eq!(names.lookup("web").as_deref(), Some("id1"), "not id2's");
         names.release("web", "id1");
         assert_eq!(names.lookup("web"), None);
+        assert!(
+            names.adopt("web", "id1").is_err(),
+            "released names cannot be adopted"
+        );
         names.reserve("web", "id2").unwrap();
         assert!(
             root.ids().unwrap() == vec!["id1".to_string()],
@@ -211,6 +237,10 @@ mod tests {
         assert_eq!(names.stale(), vec![("db".to_string(), "ghost".to_string())]);
         names.reserve("db", "fresh").unwrap();
         assert!(names.stale().is_empty());
+        // A monitor takes the reservation over from the run that made it.
+        names.adopt("db", "fresh").unwrap();
+        let me = ProcessIdentity::of(std::process::id() as i32).unwrap();
+        assert_eq!(names.read("db").unwrap().reserver, me);
         assert_eq!(names.read("db").unwrap().id, "fresh");
     }
 }
