@@ -1,5 +1,5 @@
-//! `run IMAGE`: resolve the image, reserve the name, build the container's root filesystem and
-//! runtime spec in the store (`containers/<id>/` is then a complete OCI bundle), create and
+//! `run IMAGE`: resolve the image, reserve the name, build the container's root filesystem in
+//! the store (`containers/<id>/rootfs`, the bundle directory) and its runtime spec, create and
 //! start it through the lifecycle API, and either wait for it in this process (foreground) or
 //! hand it to a monitor (detached).
 
@@ -359,6 +359,8 @@ impl Engine {
         }
         let code = wait_for_exit(pid)
             .map_err(EngineError::io("waiting for", Path::new("the container")))?;
+        // The pid is free for reuse now: nothing more is forwarded to it.
+        hold_signals();
         tracing::debug!(id = %setup.id, code, "container exited");
         let oom_killed = container.oom_killed();
         self.record_exit(
