@@ -88,7 +88,9 @@ pub struct CreateArgs {
 /// `run`: with `--bundle`, runc's run of an OCI bundle; the docker-style `run IMAGE [CMD]` of
 /// the image store shares this subcommand.
 #[derive(Debug, Args)]
-#[command(next_help_heading = "Options")]
+#[command(
+    override_usage = "twinbox run [OPTIONS] IMAGE [COMMAND [ARG...]]\n       twinbox run --bundle DIR [OPTIONS] ID"
+)]
 pub struct RunArgs {
     /// The bundle directory (holding config.json): selects the OCI runtime form `run
     /// --bundle DIR ID`.
@@ -113,7 +115,7 @@ pub struct RunArgs {
     #[arg(
         trailing_var_arg = true,
         allow_hyphen_values = true,
-        value_name = "IMAGE [COMMAND]... | ID"
+        value_name = "ARGS"
     )]
     pub args: Vec<String>,
 }
