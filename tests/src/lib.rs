@@ -4,6 +4,7 @@
 
 pub mod chromium;
 pub mod cpio;
+pub mod docker;
 pub mod engines;
 pub mod guest_kernel;
 pub mod kvm_host;
