@@ -135,9 +135,18 @@ fn main() {
     from_spawn.sort_by(f64::total_cmp);
     in_vmm.sort_by(f64::total_cmp);
 
-    // Memory: twinbox with an idle guest (seccomp on, as in production).
+    // Memory: twinbox with an idle guest (seccomp on, as in production), on a memfd so that
+    // guest memory shows apart (RssShmem).
     let child = Command::new(&twinbox)
-        .args(["vm", "boot", "--mem", "128M", "--kernel"])
+        .args([
+            "vm",
+            "boot",
+            "--mem",
+            "128M",
+            "--mem-backing",
+            "memfd",
+            "--kernel",
+        ])
         .arg(&mark_and_idle)
         .stdout(Stdio::null())
         .stderr(Stdio::null())

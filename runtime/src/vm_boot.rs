@@ -35,6 +35,7 @@ pub fn vm_config(args: &VmBootArgs) -> Result<vmm::VmConfig, String> {
     config.initrd = args.initrd.clone();
     config.cmdline = args.cmdline.clone();
     config.mem_size = args.mem;
+    config.memory_backing = args.mem_backing.into();
     config.vcpus = args.cpus;
     config.disks = args
         .disks

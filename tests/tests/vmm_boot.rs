@@ -205,3 +205,16 @@ fn unknown_flags_are_rejected() {
     let out = twinbox(&["vm", "boot", "--kernel", "/k", "--frobnicate"]);
     assert_fails_with(&out, 2, "--frobnicate");
 }
+
+#[test]
+fn every_memory_backing_boots_and_unknown_ones_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = hello_guest(dir.path(), "ok");
+    for backing in ["auto", "memfd", "shared", "private"] {
+        let out = boot(&kernel, &["--console", "--mem-backing", backing]);
+        assert!(out.status.success(), "{backing}: {}", stderr(&out));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "ok", "{backing}");
+    }
+    let out = boot(&kernel, &["--mem-backing", "hugetlb"]);
+    assert_fails_with(&out, 2, "--mem-backing");
+}
