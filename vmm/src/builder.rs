@@ -314,7 +314,7 @@ impl Vmm {
             event_manager.add_subscriber(subscriber);
         }
         let filters = if config.seccomp {
-            seccomp::install_violation_reporter()?;
+            seccomp::prepare_process()?;
             Some(seccomp::filters()?)
         } else {
             None
