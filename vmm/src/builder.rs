@@ -297,6 +297,7 @@ impl Vmm {
             entry: kernel.entry,
             protocol: kernel.protocol,
             count: config.vcpus,
+            resets_by_triple_fault: vcpu::resets_by_triple_fault(&config.cmdline),
         };
         let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
         for index in 0..config.vcpus {

@@ -82,13 +82,25 @@ const VMM_ONLY: &[i64] = &[
     libc::SYS_shutdown,
 ];
 
-/// ioctls a vCPU thread makes.
-const VCPU_IOCTLS: &[u64] = &[KVM_RUN];
+/// ioctls a vCPU thread makes: running, and reading its registers to tell why the guest
+/// triple-faulted.
+const VCPU_IOCTLS: &[u64] = &[KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS];
 /// ioctls the event-loop thread makes (non-blocking mode on new sockets).
 const VMM_IOCTLS: &[u64] = &[libc::FIONBIO];
 
 /// KVM_RUN = _IO(KVMIO, 0x80).
 const KVM_RUN: u64 = 0xae80;
+/// KVM_GET_REGS = _IOR(KVMIO, 0x81, struct kvm_regs).
+const KVM_GET_REGS: u64 = kvm_ior(0x81, std::mem::size_of::<kvm_bindings::kvm_regs>());
+/// KVM_GET_SREGS = _IOR(KVMIO, 0x83, struct kvm_sregs).
+const KVM_GET_SREGS: u64 = kvm_ior(0x83, std::mem::size_of::<kvm_bindings::kvm_sregs>());
+
+/// `_IOR(KVMIO, nr, size)`: a KVM ioctl number that reads `size` bytes.
+const fn kvm_ior(nr: u64, size: usize) -> u64 {
+    const IOC_READ: u64 = 2;
+    const KVMIO: u64 = 0xae;
+    (IOC_READ << 30) | ((size as u64) << 16) | (KVMIO << 8) | nr
+}
 
 fn rules_for(
     thread: &'static str,
@@ -184,6 +196,12 @@ pub fn apply(filter: &BpfProgram) -> Result<(), SeccompError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn register_ioctl_numbers_match_the_linux_headers() {
+        assert_eq!(KVM_GET_REGS, 0x8090_ae81);
+        assert_eq!(KVM_GET_SREGS, 0x8138_ae83);
+    }
 
     #[test]
     fn filters_compile_and_count() {
