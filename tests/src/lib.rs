@@ -12,6 +12,7 @@ pub mod registry;
 pub mod runc;
 pub mod runtime;
 pub mod store;
+pub mod vm_boot;
 
 pub use guest_kernel::{GuestKernel, guest_kernel};
 pub use kvm_host::kvm_host;

@@ -29,9 +29,7 @@ pub fn run(cli: Cli) -> i32 {
             Command::Image(command) => image::run(&cli.global, command),
             Command::Runtime(command) => crate::runtime_commands::run(&cli.global, command),
             Command::Vm(vm) => match vm.action {
-                crate::cli::vm::VmAction::Boot(args) => {
-                    crate::vm_boot::boot(&args, cli.global.debug)
-                }
+                crate::cli::vm::VmAction::Boot(args) => crate::vm_boot::boot(&cli.global, &args),
             },
         },
     }
