@@ -3,8 +3,9 @@
 
 use std::ffi::CString;
 use std::fs::File;
-use std::os::fd::FromRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 
+use vm_memory::mmap::{MmapRegionBuilder, MmapRegionError};
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
 
 use crate::arch::x86_64::layout::{MMIO_GAP_END, MMIO_GAP_START};
@@ -138,13 +139,7 @@ pub fn create_guest_memory(size: u64, backing: MemoryBacking) -> Result<GuestMem
             } else {
                 0
             };
-        let mapping = MmapRegion::build(
-            offset,
-            len as usize,
-            libc::PROT_READ | libc::PROT_WRITE,
-            flags,
-        )
-        .map_err(|source| MemoryError::Mmap { size: len, source })?;
+        let mapping = map_aligned(len as usize, flags, offset)?;
         advise_huge_pages(&mapping);
         let region = GuestRegionMmap::new(mapping, guest_addr)
             .ok_or_else(|| MemoryError::Layout(format!("region at {guest_addr:?} overflows")))?;
@@ -152,6 +147,91 @@ pub fn create_guest_memory(size: u64, backing: MemoryBacking) -> Result<GuestMem
         file_offset += len;
     }
     GuestMemory::from_regions(regions).map_err(|e| MemoryError::Layout(e.to_string()))
+}
+
+/// Alignment of guest RAM in the VMM's address space: one huge page. KVM maps guest memory
+/// with 2 MiB pages only where guest-physical and host-virtual addresses agree modulo 2 MiB,
+/// and mmap aligns to 4 KiB only (before Linux 6.7): unaligned, every 4 KiB of guest RAM
+/// costs its own nested page fault and TLB entry even when the host backs it with huge
+/// pages. QEMU aligns its RAM the same way.
+const HUGE_PAGE: usize = 2 << 20;
+
+/// Maps `len` bytes of guest RAM (`flags`; from `file` if given) at a 2 MiB-aligned address.
+/// Like Firecracker's guest memory, the mapping lasts as long as the process (a VMM process
+/// runs one VM): vm-memory does not unmap regions it did not map itself.
+fn map_aligned(
+    len: usize,
+    flags: libc::c_int,
+    file: Option<FileOffset>,
+) -> Result<MmapRegion, MemoryError> {
+    let mmap_error = |error: std::io::Error| MemoryError::Mmap {
+        size: len as u64,
+        source: MmapRegionError::Mmap(error),
+    };
+    let reserved = len + HUGE_PAGE;
+    // SAFETY: a new inaccessible anonymous mapping where the kernel chooses; it touches no
+    // existing memory.
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            reserved,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if base == libc::MAP_FAILED {
+        return Err(mmap_error(std::io::Error::last_os_error()));
+    }
+    let base = base as usize;
+    let start = base.next_multiple_of(HUGE_PAGE);
+    let (fd, offset) = file.as_ref().map_or((-1, 0), |f| {
+        (f.file().as_raw_fd(), f.start() as libc::off_t)
+    });
+    // SAFETY: [start, start + len) lies inside the reservation just made, which nothing else
+    // uses; MAP_FIXED replaces only that part of it.
+    let mapped = unsafe {
+        libc::mmap(
+            start as *mut libc::c_void,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            flags | libc::MAP_FIXED,
+            fd,
+            offset,
+        )
+    };
+    let failed = (mapped == libc::MAP_FAILED).then(std::io::Error::last_os_error);
+    // Give back what the mapping does not use: all of the reservation if it failed.
+    let unused = match failed {
+        Some(_) => vec![(base, reserved)],
+        None => vec![
+            (base, start - base),
+            (start + len, base + reserved - start - len),
+        ],
+    };
+    for (address, size) in unused.into_iter().filter(|&(_, size)| size > 0) {
+        // SAFETY: the range is part of our own reservation and holds nothing anyone uses.
+        unsafe { libc::munmap(address as *mut libc::c_void, size) };
+    }
+    if let Some(error) = failed {
+        return Err(mmap_error(error));
+    }
+    let builder = MmapRegionBuilder::new(len)
+        .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+        .with_mmap_flags(flags);
+    let builder = match file {
+        Some(file) => builder.with_file_offset(file),
+        None => builder,
+    };
+    // SAFETY: [start, start + len) is a live read-write mapping of ours that is never
+    // unmapped.
+    unsafe { builder.with_raw_mmap_pointer(start as *mut u8) }
+        .build()
+        .map_err(|source| MemoryError::Mmap {
+            size: len as u64,
+            source,
+        })
 }
 
 /// Asks for transparent huge pages on guest RAM: far fewer EPT/NPT faults and TLB misses
@@ -187,7 +267,7 @@ fn create_memfd(size: u64) -> Result<File, MemoryError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vm_memory::{Bytes, GuestMemoryBackend};
+    use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryRegion};
 
     #[test]
     fn small_memory_is_one_region_below_the_gap() {
@@ -229,6 +309,30 @@ mod tests {
                 mem.read_obj::<u32>(GuestAddress(0x10_0000)).unwrap(),
                 0x1234_5678,
                 "{backing:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn guest_ram_is_aligned_to_huge_pages() {
+        for backing in [
+            MemoryBacking::Memfd,
+            MemoryBacking::Anonymous,
+            MemoryBacking::Private,
+        ] {
+            // Below and above the MMIO gap: two regions.
+            let mem = create_guest_memory(MMIO_GAP_START + (6 << 20), backing).unwrap();
+            assert_eq!(mem.num_regions(), 2);
+            for region in mem.iter() {
+                let host = region
+                    .get_host_address(vm_memory::MemoryRegionAddress(0))
+                    .unwrap() as usize;
+                assert_eq!(host % HUGE_PAGE, 0, "{backing:?} at {host:#x}");
+            }
+            mem.write_obj(7u64, GuestAddress(MMIO_GAP_END + 8)).unwrap();
+            assert_eq!(
+                mem.read_obj::<u64>(GuestAddress(MMIO_GAP_END + 8)).unwrap(),
+                7
             );
         }
     }
