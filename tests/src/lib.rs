@@ -13,6 +13,8 @@ pub mod registry;
 pub mod runc;
 pub mod runtime;
 pub mod store;
+pub mod vm_boot;
+pub mod vsock_echo;
 
 pub use guest_kernel::{GuestKernel, guest_kernel};
 pub use kvm_host::kvm_host;

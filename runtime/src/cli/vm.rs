@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 
 /// `twinbox vm`.
 #[derive(Debug, Args)]
@@ -41,6 +41,13 @@ pub struct VmBootArgs {
     #[arg(long, value_name = "SIZE", default_value = "128M", value_parser = vmm::parse_mem_size)]
     pub mem: u64,
 
+    /// How guest memory is backed: `auto` picks the fastest the host offers (a shared
+    /// memfd when shared memory gets transparent huge pages, else private memory, which
+    /// does); `memfd` and `shared` are shareable with other processes; `private` is what
+    /// Firecracker and QEMU use by default.
+    #[arg(long, value_name = "KIND", value_enum, default_value_t = MemBacking::Auto)]
+    pub mem_backing: MemBacking,
+
     /// Number of vCPUs.
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub cpus: u8,
@@ -66,4 +73,28 @@ pub struct VmBootArgs {
     /// Do not install the VMM's seccomp filters (only for debugging the VMM itself).
     #[arg(long)]
     pub no_seccomp: bool,
+}
+
+/// `--mem-backing` values (see [`vmm::MemoryBacking`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MemBacking {
+    /// The fastest backing the host offers.
+    Auto,
+    /// A shared memfd.
+    Memfd,
+    /// Shared anonymous memory.
+    Shared,
+    /// Private anonymous memory.
+    Private,
+}
+
+impl From<MemBacking> for vmm::MemoryBacking {
+    fn from(backing: MemBacking) -> Self {
+        match backing {
+            MemBacking::Auto => Self::Auto,
+            MemBacking::Memfd => Self::Memfd,
+            MemBacking::Shared => Self::Anonymous,
+            MemBacking::Private => Self::Private,
+        }
+    }
 }

@@ -86,9 +86,7 @@ pub fn run(cli: Cli) -> i32 {
             Command::Runtime(command) => runtime::run(&cli.global, command),
             Command::Engine(command) => engine::run_command(&cli.global, command),
             Command::Vm(vm) => match vm.action {
-                crate::cli::vm::VmAction::Boot(args) => {
-                    crate::vm_boot::boot(&args, cli.global.debug)
-                }
+                crate::cli::vm::VmAction::Boot(args) => crate::vm_boot::boot(&cli.global, &args),
             },
         },
     }
