@@ -14,7 +14,7 @@ setup: deps build kernel
 deps:
 	@if [ "$$(id -u)" != 0 ]; then echo "make setup needs root (apt-get install)"; exit 1; fi
 	apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 		$$(grep -v '^#' .ci/apt-packages) >/dev/null
 
 build:

@@ -8,6 +8,7 @@
 pub mod backend;
 pub mod cli;
 pub mod commands;
+pub mod compare;
 pub mod config;
 pub mod container;
 pub mod image;
@@ -17,3 +18,4 @@ pub mod runtime_commands;
 pub mod runtime_features;
 pub mod spec;
 pub mod state;
+pub mod vm_boot;

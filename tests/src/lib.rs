@@ -2,19 +2,21 @@
 //! root filesystems. Area-specific fixtures (registry, emulated KVM host, ...) live in their
 //! own modules.
 
+pub mod chromium;
 pub mod cpio;
 pub mod engines;
 pub mod guest_kernel;
 pub mod kvm_host;
 pub mod oci;
 pub mod registry;
+pub mod runc;
 pub mod runtime;
 pub mod store;
 
-use std::path::{Path, PathBuf};
-
 pub use guest_kernel::{GuestKernel, guest_kernel};
 pub use kvm_host::kvm_host;
+
+use std::path::{Path, PathBuf};
 
 /// Directory holding the workspace's built binaries (the profile directory of the running
 /// test executable: `target/<triple>/<profile>/`).

@@ -7,6 +7,7 @@
 
 pub mod image;
 pub mod runtime;
+pub mod vm;
 
 use std::path::PathBuf;
 
@@ -75,4 +76,6 @@ pub enum Command {
     /// The runc-compatible OCI runtime commands.
     #[command(flatten)]
     Runtime(runtime::RuntimeCommand),
+    /// Low-level microVM commands (boot a kernel with twinbox's VMM).
+    Vm(vm::VmCommand),
 }

@@ -28,6 +28,11 @@ pub fn run(cli: Cli) -> i32 {
         Some(command) => match command {
             Command::Image(command) => image::run(&cli.global, command),
             Command::Runtime(command) => crate::runtime_commands::run(&cli.global, command),
+            Command::Vm(vm) => match vm.action {
+                crate::cli::vm::VmAction::Boot(args) => {
+                    crate::vm_boot::boot(&args, cli.global.debug)
+                }
+            },
         },
     }
 }

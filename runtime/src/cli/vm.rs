@@ -1,0 +1,69 @@
+//! `twinbox vm ...`: low-level microVM commands for people debugging guest kernels.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+/// `twinbox vm`.
+#[derive(Debug, Args)]
+pub struct VmCommand {
+    #[command(subcommand)]
+    pub action: VmAction,
+}
+
+/// The `twinbox vm` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum VmAction {
+    /// Boot a kernel in a microVM with twinbox's VMM and wait for it to stop.
+    ///
+    /// Exits 0 when the guest reboots or powers off (use `reboot=t` or the default
+    /// `reboot=k` with `reboot -f` in the guest), non-zero with a message otherwise.
+    Boot(VmBootArgs),
+}
+
+/// Options of `twinbox vm boot`.
+#[derive(Debug, Args)]
+pub struct VmBootArgs {
+    /// Kernel: an ELF vmlinux (PVH or 64-bit entry) or a bzImage.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: PathBuf,
+
+    /// Initramfs to load.
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+
+    /// Kernel command line (twinbox appends its virtio device entries and, with
+    /// --console, console=ttyS0).
+    #[arg(long, value_name = "ARGS", default_value = vmm::config::DEFAULT_CMDLINE)]
+    pub cmdline: String,
+
+    /// Guest memory, e.g. 128M or 1G.
+    #[arg(long, value_name = "SIZE", default_value = "128M", value_parser = vmm::parse_mem_size)]
+    pub mem: u64,
+
+    /// Number of vCPUs.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub cpus: u8,
+
+    /// A raw disk image as virtio-blk (/dev/vda, /dev/vdb, ... in order); append `,ro` for
+    /// read-only. Repeatable.
+    #[arg(long = "disk", value_name = "PATH[,ro]")]
+    pub disks: Vec<String>,
+
+    /// Host Unix socket for virtio-vsock (Firecracker's hybrid vsock: host programs connect
+    /// and send `CONNECT <port>`; guest connections to port P go to `<SOCK>_<P>`).
+    #[arg(long, value_name = "SOCK")]
+    pub vsock: Option<PathBuf>,
+
+    /// The guest's vsock context id.
+    #[arg(long, value_name = "CID", default_value_t = 3, requires = "vsock")]
+    pub vsock_cid: u32,
+
+    /// Attach the serial console to stdin/stdout (off by default: faster boots).
+    #[arg(long)]
+    pub console: bool,
+
+    /// Do not install the VMM's seccomp filters (only for debugging the VMM itself).
+    #[arg(long)]
+    pub no_seccomp: bool,
+}

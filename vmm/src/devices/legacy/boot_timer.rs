@@ -1,0 +1,119 @@
+//! The boot timer: when the guest writes [`BOOT_TIMER_MAGIC`] to the first byte of the
+//! device window, the VMM records the time since it started (Firecracker's boot timer
+//! protocol; from a guest shell: `devmem 0xd0000000 8 123`).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::devices::bus::{BusDevice, lock};
+
+/// The value a guest writes to signal "booted".
+pub const BOOT_TIMER_MAGIC: u8 = 123;
+
+/// One boot-timer mark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BootMark {
+    /// Time from VMM start to the guest's magic write.
+    pub since_start: Duration,
+    /// The host's CLOCK_MONOTONIC at the write, to relate it to other processes' clocks
+    /// (e.g. a benchmark that spawned the VMM).
+    pub monotonic: Duration,
+}
+
+/// Boot-timer records shared with the VMM owner.
+#[derive(Debug, Default)]
+pub struct BootTimes {
+    marks: Mutex<Vec<BootMark>>,
+}
+
+impl BootTimes {
+    /// The first mark.
+    pub fn first(&self) -> Option<BootMark> {
+        lock(&self.marks).first().copied()
+    }
+
+    /// All marks in order.
+    pub fn all(&self) -> Vec<BootMark> {
+        lock(&self.marks).clone()
+    }
+}
+
+/// The host's CLOCK_MONOTONIC.
+pub fn monotonic_now() -> Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec to fill; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+}
+
+/// The boot-timer MMIO device.
+pub struct BootTimer {
+    start: Instant,
+    times: Arc<BootTimes>,
+}
+
+impl BootTimer {
+    /// A boot timer counting from `start` (the VMM's start).
+    pub fn new(start: Instant, times: Arc<BootTimes>) -> Self {
+        Self { start, times }
+    }
+}
+
+/// Marks beyond this many are dropped so a guest cannot grow the VMM's memory.
+const MAX_MARKS: usize = 64;
+
+impl BusDevice for BootTimer {
+    fn read(&mut self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset != 0 || data.first() != Some(&BOOT_TIMER_MAGIC) {
+            return;
+        }
+        let monotonic = monotonic_now();
+        let elapsed = self.start.elapsed();
+        let mut marks = lock(&self.times.marks);
+        if marks.len() < MAX_MARKS {
+            marks.push(BootMark {
+                since_start: elapsed,
+                monotonic,
+            });
+        }
+        tracing::info!(
+            "guest boot timer: {}.{:03} ms since VMM start (mark {})",
+            elapsed.as_millis(),
+            elapsed.as_micros() % 1000,
+            marks.len()
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_magic_at_offset_zero_records_a_mark() {
+        let times = Arc::new(BootTimes::default());
+        let start = Instant::now();
+        let mut timer = BootTimer::new(start, times.clone());
+        timer.write(1, &[BOOT_TIMER_MAGIC]);
+        timer.write(0, &[BOOT_TIMER_MAGIC - 1]);
+        timer.write(0, &[]);
+        assert_eq!(times.first(), None);
+        let before = monotonic_now();
+        timer.write(0, &[BOOT_TIMER_MAGIC]);
+        let first = times.first().unwrap();
+        assert!(first.since_start <= start.elapsed());
+        assert!(first.monotonic >= before && first.monotonic <= monotonic_now());
+        for _ in 0..2 * MAX_MARKS {
+            timer.write(0, &[BOOT_TIMER_MAGIC, 0, 0, 0]);
+        }
+        assert_eq!(times.all().len(), MAX_MARKS);
+        assert_eq!(times.first(), Some(first));
+    }
+}
