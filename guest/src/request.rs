@@ -4,10 +4,13 @@
 
 use std::fs::File;
 
-use twinbox_protocol::{AgentError, Connection, ErrorKind, ExecRequest, Message, REPLY_TIMEOUT};
+use twinbox_protocol::{
+    AgentError, ArchiveReader, ArchiveWriter, Connection, ErrorKind, ExecRequest, Message,
+    REPLY_TIMEOUT,
+};
 use twinbox_sandbox::launch::{ExecSetup, ProcessSetup, spawn_exec};
 
-use crate::copy::{self, ArchiveReader, ArchiveWriter};
+use crate::copy;
 use crate::session::{
     Conn, Flow, SOFTWARE, Stdio, Supervised, child_signals, launch_error, reply_error, send_signal,
     workload_cgroup,

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Write};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 /// What identifies an entry's state: a new inode, or any change of content or metadata
@@ -84,7 +84,9 @@ impl Snapshot {
         let mut count = 0;
         walk(&self.root, &mut |path, meta| {
             seen.insert(path.to_path_buf());
-            if self.entries.get(path) != Some(&Stamp::of(meta)) {
+            // Device nodes never go back to a host directory.
+            let device = meta.file_type().is_char_device() || meta.file_type().is_block_device();
+            if !device && self.entries.get(path) != Some(&Stamp::of(meta)) {
                 builder.append_path_with_name(self.root.join(path), path)?;
                 count += 1;
             }

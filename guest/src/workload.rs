@@ -12,12 +12,11 @@ use nix::sys::stat::Mode;
 use oci_spec::runtime::Spec;
 use serde::{Deserialize, Serialize};
 use twinbox_protocol::{
-    AGENT_RUN_DIR, AgentError, Connection, CreateRequest, ErrorKind, Message, ProtocolError,
-    REPLY_TIMEOUT, volume_dir,
+    AGENT_RUN_DIR, AgentError, ArchiveWriter, Connection, CreateRequest, ErrorKind, Message,
+    ProtocolError, REPLY_TIMEOUT, volume_dir,
 };
 use twinbox_sandbox::launch::{InitOptions, InitSetup, NoHooks, spawn_init};
 
-use crate::copy::ArchiveWriter;
 use crate::rootfs::{self, Layout};
 use crate::session::{
     Conn, Flow, SOFTWARE, Stdio, Supervised, child_signals, failed, launch_error, reply_error,

@@ -127,6 +127,20 @@ impl<S: Read + Write + AsFd> Connection<S> {
     }
 }
 
+/// Waits until `fd` can take more bytes (or is hung up).
+pub fn wait_writable(fd: i32) -> std::io::Result<()> {
+    let mut pollfd = libc::pollfd {
+        fd,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    if unsafe { libc::poll(&mut pollfd, 1, -1) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Waits until `fd` is readable (or hung up); false when `timeout` passed first.
 pub fn wait_readable(fd: i32, timeout: Option<Duration>) -> Result<bool, ProtocolError> {
     let millis = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as i32);

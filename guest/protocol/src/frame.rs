@@ -24,7 +24,8 @@ pub const KIND_MESSAGE: u8 = 1;
 pub const KIND_DATA: u8 = 2;
 
 /// The byte streams multiplexed over a session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 #[repr(u8)]
 pub enum Stream {
     /// Host to guest: the process's standard input.

@@ -1,5 +1,6 @@
 #![doc = include_str!("../../../docs/protocol.md")]
 
+pub mod archive;
 mod connection;
 pub mod frame;
 pub mod message;
@@ -8,6 +9,7 @@ pub mod transport;
 
 use std::time::Duration;
 
+pub use archive::{ArchiveReader, ArchiveWriter};
 pub use connection::{Connection, wait_readable};
 pub use frame::{Frame, FrameReader, MAX_DATA, MAX_FRAME, Stream};
 pub use message::{

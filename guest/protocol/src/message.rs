@@ -44,6 +44,14 @@ pub enum Message {
         /// Columns.
         cols: u16,
     },
+    /// Either side: the sender wrote `bytes` more of `stream` to its destination, so the
+    /// peer may send that many more (see [`crate::relay::WINDOW`]).
+    Credit {
+        /// The stream.
+        stream: crate::Stream,
+        /// Bytes granted.
+        bytes: u32,
+    },
     /// Agent: the session's process ended.
     Exit(ExitStatus),
     /// Host: a tar archive follows on [`crate::Stream::Archive`]; unpack it into the
@@ -83,6 +91,7 @@ impl Message {
             Message::Started { .. } => "started",
             Message::Signal { .. } => "signal",
             Message::Resize { .. } => "resize",
+            Message::Credit { .. } => "credit",
             Message::Exit(_) => "exit",
             Message::CopyIn { .. } => "copy_in",
             Message::CopyOut { .. } => "copy_out",
