@@ -18,4 +18,5 @@ pub mod runtime_commands;
 pub mod runtime_features;
 pub mod spec;
 pub mod state;
+pub mod vm;
 pub mod vm_boot;

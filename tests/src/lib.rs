@@ -3,7 +3,6 @@
 //! own modules.
 
 pub mod chromium;
-pub mod cpio;
 pub mod engines;
 pub mod guest_kernel;
 pub mod kvm_host;
@@ -15,6 +14,8 @@ pub mod store;
 
 pub use guest_kernel::{GuestKernel, guest_kernel};
 pub use kvm_host::kvm_host;
+/// The initramfs writer (twinbox's own, which builds the guest agent's initramfs).
+pub use twinbox::vm::cpio;
 
 use std::path::{Path, PathBuf};
 

@@ -2,6 +2,8 @@
 
 mod image;
 
+pub use image::ROOT_ENV;
+
 use crate::cli::{Cli, Command};
 
 /// The version text printed by `twinbox --version` (runc-compatible layout).
@@ -32,6 +34,8 @@ pub fn run(cli: Cli) -> i32 {
                 crate::cli::vm::VmAction::Boot(args) => {
                     crate::vm_boot::boot(&args, cli.global.debug)
                 }
+                crate::cli::vm::VmAction::Init(args) => crate::vm::init::main(&args.config),
+                crate::cli::vm::VmAction::ExecRelay(args) => crate::vm::exec::main(&args.config),
             },
         },
     }
