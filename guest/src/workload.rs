@@ -4,7 +4,7 @@
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -182,6 +182,9 @@ fn create(request: &CreateRequest) -> Result<Workload, AgentError> {
     let exec_fifo = Path::new(AGENT_RUN_DIR).join("exec.fifo");
     nix::unistd::mkfifo(&exec_fifo, Mode::from_bits_truncate(0o600))
         .map_err(failed("creating the exec fifo"))?;
+    // The workload's init opens it for writing after it took the workload's user.
+    std::fs::set_permissions(&exec_fifo, std::fs::Permissions::from_mode(0o622))
+        .map_err(failed("making the exec fifo writable"))?;
     let fifo_handle: OwnedFd = nix::fcntl::open(
         &exec_fifo,
         nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,

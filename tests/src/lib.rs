@@ -11,6 +11,7 @@ pub mod registry;
 pub mod runc;
 pub mod runtime;
 pub mod store;
+pub mod vm;
 
 pub use guest_kernel::{GuestKernel, guest_kernel};
 pub use kvm_host::kvm_host;

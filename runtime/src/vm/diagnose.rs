@@ -15,13 +15,13 @@ pub enum Ending {
     Failed(String),
 }
 
-/// Bytes of the console's end that are read.
-const CONSOLE_TAIL_BYTES: u64 = 8192;
+/// Bytes of the console's end that are read (a panic's stack trace follows its message).
+const CONSOLE_TAIL_BYTES: u64 = 64 << 10;
 /// Lines of it quoted in messages.
-const CONSOLE_TAIL_LINES: usize = 12;
+const CONSOLE_QUOTED_LINES: usize = 12;
 
-/// The last lines of the console log (empty when there is none).
-pub fn console_tail(path: &Path) -> Vec<String> {
+/// The lines of the console log's end (empty when there is none).
+fn console_tail(path: &Path) -> Vec<String> {
     let Ok(mut file) = std::fs::File::open(path) else {
         return Vec::new();
     };
@@ -30,12 +30,10 @@ pub fn console_tail(path: &Path) -> Vec<String> {
     let mut bytes = Vec::new();
     let _ = file.read_to_end(&mut bytes);
     let text = String::from_utf8_lossy(&bytes);
-    let lines: Vec<String> = text
-        .lines()
+    text.lines()
         .map(|l| l.trim_end().to_string())
         .filter(|l| !l.is_empty())
-        .collect();
-    lines[lines.len().saturating_sub(CONSOLE_TAIL_LINES)..].to_vec()
+        .collect()
 }
 
 /// Explains why the guest did not do what `waiting_for` names (e.g. "the guest agent to
@@ -86,7 +84,7 @@ pub fn explain(waiting_for: &str, ending: &Ending, console: &Path) -> String {
     };
     if !tail.is_empty() {
         message.push_str("\nguest console (end):\n  ");
-        message.push_str(&tail.join("\n  "));
+        message.push_str(&tail[tail.len().saturating_sub(CONSOLE_QUOTED_LINES)..].join("\n  "));
     }
     message
 }
@@ -110,6 +108,19 @@ mod tests {
         );
         let text = explain("the workload to exit", &Ending::Stopped, log.path());
         assert!(text.starts_with("the guest kernel panicked while the host waited for the workload to exit: sysrq triggered crash"), "{text}");
+        // The message is found above a long stack trace too, and only the end is quoted.
+        let trace: String = (0..200)
+            .map(|i| format!(" frame_{i}+0x10/0x20\n"))
+            .collect();
+        let long = console(&format!(
+            "Kernel panic - not syncing: sysrq triggered crash\n{trace}"
+        ));
+        let long = explain("x", &Ending::Stopped, long.path());
+        assert!(
+            long.contains("panicked") && long.contains("frame_199"),
+            "{long}"
+        );
+        assert!(!long.contains("frame_150"), "{long}");
         assert!(
             text.contains("Comm: sh"),
             "the console tail is quoted: {text}"

@@ -468,7 +468,8 @@ fn run(
         (Some(status), _) => status.code,
         (None, reason) => {
             let detail = vm.explain("the workload to exit");
-            match reason.filter(|r| !r.is_empty()) {
+            // A connection that broke because the VM died needs no mention of its own.
+            match reason.filter(|r| !r.is_empty() && vm.ending() == Ending::Running) {
                 Some(reason) => eprintln!("twinbox: {reason}; {detail}"),
                 None => eprintln!("twinbox: {detail}"),
             }
