@@ -1,6 +1,6 @@
 //! Fixtures for the VM backend's end-to-end tests in the emulated KVM host: OCI bundles made
 //! by the test, and an L1 job that holds twinbox, its guest agent, the guest kernel, the
-//! filesystem tools the backend runs, and `twinbox-vm` on the PATH.
+//! filesystem tools the backend runs, `twinbox-vm` on the PATH, and podman.
 //!
 //! Container runtimes need a root that `pivot_root` can leave, which L1's initramfs root is
 //! not; the job therefore runs its script in a private mount namespace whose root is a bind
@@ -102,22 +102,46 @@ pub fn stripped(binary: &Path, dir: &Path) -> PathBuf {
     out
 }
 
-/// Commands that run first in the job: cgroup2, `twinbox-vm` on the PATH, the bundles, and
-/// the environment that points twinbox at a private store and at the guest kernel.
+/// Commands that run first in the job: cgroup2, /dev/shm, `twinbox-vm` on the PATH, the
+/// bundles, and podman's private storage and configuration (podman calls `twinbox-vm` with a
+/// clean environment, so twinbox's own config is installed at /etc/twinbox/config.toml).
 const SETUP: &str = r#"mount -t cgroup2 none /sys/fs/cgroup
+mkdir -p /dev/shm && mount -t tmpfs tmpfs /dev/shm
 mkdir -p /usr/local/bin && ln -s /job/twinbox /usr/local/bin/twinbox-vm && ln -s /job/twinbox /usr/local/bin/twinbox
 tar -C / -xf /job/bundles.tar
-export PATH=/usr/local/bin:$PATH TWINBOX_ROOT=/tmp/twinbox-store TWINBOX_CONFIG=/job/config.toml
+export PATH=/usr/local/bin:$PATH
+mkdir -p /tmp/podman /var/tmp
+cat > /tmp/podman/storage.conf <<EOF
+[storage]
+driver = "vfs"
+graphroot = "/tmp/podman/graph"
+runroot = "/tmp/podman/run"
+EOF
+cat > /tmp/podman/containers.conf <<EOF
+[containers]
+netns = "none"
+default_ulimits = ["nofile=1024:1024"]
+[engine]
+runtime = "twinbox-vm"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+events_logfile_path = "/tmp/podman/events.log"
+conmon_path = ["/usr/bin/conmon"]
+tmp_dir = "/tmp/podman/tmp"
+[engine.runtimes]
+twinbox-vm = ["/usr/local/bin/twinbox-vm"]
+EOF
+export CONTAINERS_STORAGE_CONF=/tmp/podman/storage.conf CONTAINERS_CONF=/tmp/podman/containers.conf
 "#;
 
 /// A step script that starts with the VM tests' setup: cgroup2, `twinbox-vm` on the PATH,
-/// the bundles unpacked, a private store and the guest kernel in the config.
+/// the bundles unpacked, podman configured to use `twinbox-vm`.
 pub fn vm_steps() -> StepScript {
     StepScript::new().setup(SETUP)
 }
 
-/// The job running `steps` (made with [`vm_steps`]) with `bundles`, the binaries under test
-/// and the guest kernel, in a root that container runtimes can pivot from. `work` holds the
+/// The job running `steps` (made with [`vm_steps`]) with `bundles`, the binaries under test,
+/// the guest kernel, and podman with conmon, in a root that container runtimes can pivot from. `work` holds the
 /// stripped binaries.
 pub fn vm_job(steps: &StepScript, bundles: &Bundles, work: &Path, timeout: Duration) -> Job {
     let kernel = crate::guest_kernel();
@@ -134,8 +158,15 @@ pub fn vm_job(steps: &StepScript, bundles: &Bundles, work: &Path, timeout: Durat
     .file(&agent, "/job/twinbox-agent")
     .file(&kernel.vmlinux, "/l2/vmlinux")
     .file(bundles.tarball(), "/job/bundles.tar")
-    .data("/job/config.toml", config.as_bytes().to_vec(), 0o644)
+    .data(
+        "/etc/twinbox/config.toml",
+        config.as_bytes().to_vec(),
+        0o644,
+    )
+    .file("/etc/containers/policy.json", "/etc/containers/policy.json")
     .program("/usr/bin/mkfs.erofs", "/usr/bin/mkfs.erofs")
     .program("/sbin/mke2fs", "/sbin/mkfs.ext4")
+    .program("/usr/bin/podman", "/usr/bin/podman")
+    .program("/usr/bin/conmon", "/usr/bin/conmon")
     .timeout(timeout)
 }

@@ -79,6 +79,9 @@ fn batch() -> &'static JobOutput {
             .add("terminal", &["tty"], |config| {
                 config["process"]["terminal"] = Value::from(true);
             })
+            .add("annotated", &["uname", "-r"], |config| {
+                config["annotations"] = serde_json::json!({"io.twinbox.isolation": "vm"});
+            })
             .add("panic", &["sh", "-c", "echo c > /proc/sysrq-trigger; sleep 10"], |config| {
                 config["linux"]["readonlyPaths"] = Value::Array(Vec::new());
             });
@@ -133,10 +136,25 @@ fn batch() -> &'static JobOutput {
                 "twinbox-vm run --bundle /b/panic c-panic; echo \"code=$?\"",
             )
             .step(
+                "annotation",
+                STEP,
+                "twinbox run --bundle /b/annotated c-annotated",
+            )
+            .step(
+                "podman",
+                STEP,
+                "tar -C /b/rootfs -cf /tmp/busybox.tar . && podman import -q /tmp/busybox.tar localhost/busybox >/dev/null && \
+                 podman run --rm localhost/busybox uname -r; echo \"code=$?\"; \
+                 podman run --rm localhost/busybox sh -c 'exit 7'; echo \"exit7=$?\"; \
+                 podman run -d --name web localhost/busybox sh -c 'trap \"exit 0\" TERM; while true; do sleep 0.1; done' >/dev/null && \
+                 podman exec web sh -c 'echo exec=ok'; podman stop -t 30 web >/dev/null; echo \"stop=$?\"; \
+                 podman rm web >/dev/null; echo \"left=$(podman ps -aq | wc -l)\"",
+            )
+            .step(
                 "clean",
                 STEP,
                 "echo \"containers=$(ls /run/twinbox | wc -l)\"; \
-                 echo \"sandboxes=$(ls /tmp/twinbox-store/vm/sandboxes 2>/dev/null | wc -l)\"; \
+                 echo \"sandboxes=$(ls /var/lib/twinbox/vm/sandboxes 2>/dev/null | wc -l)\"; \
                  echo \"cgroups=$(ls -d /sys/fs/cgroup/twinbox/*/ 2>/dev/null | wc -l)\"",
             );
         let work = tempfile::tempdir().unwrap();
@@ -255,6 +273,25 @@ fn a_guest_kernel_panic_is_reported_clearly() {
     assert_eq!(value(&out, "code"), "255", "{out}");
     assert!(out.contains("the guest kernel panicked"), "{out}");
     assert!(out.contains("sysrq triggered crash"), "{out}");
+}
+
+#[test]
+fn the_isolation_annotation_selects_a_vm() {
+    assert_eq!(step("annotation").trim(), guest_kernel().release);
+}
+
+#[test]
+fn podman_runs_microvms_with_twinbox_vm() {
+    let out = step("podman");
+    assert!(
+        out.starts_with(&format!("{}\n", guest_kernel().release)),
+        "{out}"
+    );
+    assert_eq!(value(&out, "code"), "0", "{out}");
+    assert_eq!(value(&out, "exit7"), "7", "{out}");
+    assert_eq!(value(&out, "exec"), "ok", "{out}");
+    assert_eq!(value(&out, "stop"), "0", "{out}");
+    assert_eq!(value(&out, "left"), "0", "{out}");
 }
 
 #[test]
