@@ -17,4 +17,5 @@ pub mod lifecycle;
 pub mod logging;
 pub mod spec;
 pub mod state;
+pub mod vm;
 pub mod vm_boot;

@@ -6,6 +6,8 @@ pub mod features;
 mod image;
 mod runtime;
 
+pub use image::ROOT_ENV;
+
 use std::ffi::OsString;
 use std::path::PathBuf;
 
@@ -87,6 +89,8 @@ pub fn run(cli: Cli) -> i32 {
             Command::Engine(command) => engine::run_command(&cli.global, command),
             Command::Vm(vm) => match vm.action {
                 crate::cli::vm::VmAction::Boot(args) => crate::vm_boot::boot(&cli.global, &args),
+                crate::cli::vm::VmAction::Init(args) => crate::vm::init::main(&args.config),
+                crate::cli::vm::VmAction::ExecRelay(args) => crate::vm::exec::main(&args.config),
             },
         },
     }

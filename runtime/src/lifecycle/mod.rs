@@ -289,6 +289,7 @@ impl ContainerBuilder {
             backend: kind,
             cgroup_path: Some(cgroup.path.clone()),
             owner: owner_name(),
+            state_dir: dir.clone(),
         };
         let result = self.create_in(
             &dir,
@@ -345,6 +346,7 @@ impl ContainerBuilder {
                 rootfs,
                 cgroup_path: cgroup_path.as_deref(),
                 exec_fifo: fifo,
+                state_dir: dir,
                 options,
             },
             &mut observer,

@@ -235,18 +235,8 @@ pub fn from_image(
         .namespaces(defaults::namespaces()?)
         .devices(defaults::devices()?)
         .resources(defaults::device_cgroup()?)
-        .masked_paths(
-            defaults::MASKED_PATHS
-                .iter()
-                .map(|p| p.to_string())
-                .collect::<Vec<_>>(),
-        )
-        .readonly_paths(
-            defaults::READONLY_PATHS
-                .iter()
-                .map(|p| p.to_string())
-                .collect::<Vec<_>>(),
-        );
+        .masked_paths(defaults::masked_paths())
+        .readonly_paths(defaults::readonly_paths());
     if !options.seccomp_unconfined {
         linux = linux.seccomp(match &options.seccomp_profile {
             Some(path) => profile::load(path, &caps)?,

@@ -172,6 +172,9 @@ pub struct ContainerRecord {
     pub cgroup_path: Option<PathBuf>,
     /// The user who created it.
     pub owner: String,
+    /// The container's state directory.
+    #[serde(default)]
+    pub state_dir: PathBuf,
 }
 
 impl ContainerRecord {
@@ -350,6 +353,7 @@ mod tests {
             backend: BackendKind::Container,
             cgroup_path: Some("/twinbox/x".into()),
             owner: "root".into(),
+            state_dir: format!("/run/twinbox/{id}").into(),
         }
     }
 
