@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use twinbox_tests::vm_boot::VmSummary;
 use vmm::devices::legacy::monotonic_now;
 use vmm::guest_image::{assemble, elf_image};
 
@@ -55,21 +56,14 @@ fn first_instruction(twinbox: &Path, kernel: &Path) -> (f64, f64) {
         String::from_utf8_lossy(&output.stderr)
     );
     let text = String::from_utf8_lossy(&output.stderr);
-    let line = text
-        .lines()
-        .find(|l| l.contains("CLOCK_MONOTONIC"))
-        .expect("boot timer line");
-    let number_after = |tag: &str| -> f64 {
-        let rest = &line[line.find(tag).unwrap() + tag.len()..];
-        let digits: String = rest
-            .chars()
-            .take_while(|c| c.is_ascii_digit() || *c == '.')
-            .collect();
-        digits.parse().unwrap()
-    };
-    let clock_ns = number_after("CLOCK_MONOTONIC ");
-    let in_vmm_ms = number_after("boot timer: ");
-    let from_spawn_ms = (clock_ns - start.as_nanos() as f64) / 1e6;
+    let summary = VmSummary::find(&text).expect("vm boot --debug prints its summary");
+    let clock_ns = summary
+        .boot_clock_ns
+        .expect("the guest writes the boot timer");
+    let in_vmm_ms = summary
+        .boot_timer_ms
+        .expect("the guest writes the boot timer");
+    let from_spawn_ms = (clock_ns as f64 - start.as_nanos() as f64) / 1e6;
     (from_spawn_ms, in_vmm_ms)
 }
 
@@ -135,9 +129,18 @@ fn main() {
     from_spawn.sort_by(f64::total_cmp);
     in_vmm.sort_by(f64::total_cmp);
 
-    // Memory: twinbox with an idle guest (seccomp on, as in production).
+    // Memory: twinbox with an idle guest (seccomp on, as in production), on a memfd so that
+    // guest memory shows apart (RssShmem).
     let child = Command::new(&twinbox)
-        .args(["vm", "boot", "--mem", "128M", "--kernel"])
+        .args([
+            "vm",
+            "boot",
+            "--mem",
+            "128M",
+            "--mem-backing",
+            "memfd",
+            "--kernel",
+        ])
         .arg(&mark_and_idle)
         .stdout(Stdio::null())
         .stderr(Stdio::null())

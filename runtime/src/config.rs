@@ -3,6 +3,16 @@
 //! ```toml
 //! # Registries spoken to over plain HTTP (host or host:port).
 //! insecure_registries = ["127.0.0.1:5000"]
+//!
+//! # The VM backend (all optional; see `twinbox::vm`).
+//! [vm]
+//! kernel = "/usr/local/lib/twinbox/vmlinux"   # guest kernel (vmlinux or bzImage)
+//! agent = "/usr/local/lib/twinbox/twinbox-agent"
+//! memory = "256M"          # guest RAM when the container has no memory limit
+//! cpus = 1                 # vCPUs when the container has no CPU limit
+//! kernel_args = ""         # appended to the guest kernel's command line
+//! boot_timeout_secs = 10   # how long the guest agent may take to come up
+//! writable_disk = "4G"     # a per-VM disk for root filesystem writes (default: guest RAM)
 //! ```
 //!
 //! A missing file means defaults. Unknown keys are errors, so a typo does not silently
@@ -47,6 +57,29 @@ pub struct Config {
     /// Registries (`host` or `host:port`) reached over plain HTTP instead of HTTPS.
     #[serde(default)]
     pub insecure_registries: Vec<String>,
+    /// VM backend settings.
+    #[serde(default)]
+    pub vm: VmSettings,
+}
+
+/// The `[vm]` section: defaults of the VM backend.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmSettings {
+    /// The guest kernel.
+    pub kernel: Option<PathBuf>,
+    /// The guest agent binary.
+    pub agent: Option<PathBuf>,
+    /// Guest RAM for containers without a memory limit, e.g. "256M".
+    pub memory: Option<String>,
+    /// vCPUs for containers without a CPU limit.
+    pub cpus: Option<u8>,
+    /// Extra guest kernel command line arguments.
+    pub kernel_args: Option<String>,
+    /// Seconds the guest agent may take to connect after the VM starts.
+    pub boot_timeout_secs: Option<u64>,
+    /// Size of a per-VM disk that takes the root filesystem's writes (None: guest RAM).
+    pub writable_disk: Option<String>,
 }
 
 impl Config {
@@ -94,6 +127,17 @@ mod tests {
         assert_eq!(
             Config::load_from(&path).unwrap().insecure_registries,
             ["127.0.0.1:5000"]
+        );
+        std::fs::write(&path, "[vm]\nkernel = \"/k\"\ncpus = 2\n").unwrap();
+        let vm = Config::load_from(&path).unwrap().vm;
+        assert_eq!(vm.kernel.as_deref(), Some(Path::new("/k")));
+        assert_eq!(vm.cpus, Some(2));
+        std::fs::write(&path, "[vm]\nkernal = \"/k\"\n").unwrap();
+        assert!(
+            Config::load_from(&path)
+                .unwrap_err()
+                .to_string()
+                .contains("kernal")
         );
         std::fs::write(&path, "insecure_registry = [\"x\"]\n").unwrap();
         let err = Config::load_from(&path).unwrap_err().to_string();

@@ -1,8 +1,5 @@
-//! The `twinbox` binary: parses the command line and hands it to the library.
-
-use clap::Parser;
+//! The `twinbox` binary: hands the command line to the library.
 
 fn main() {
-    let cli = twinbox::cli::Cli::parse();
-    std::process::exit(twinbox::commands::run(cli));
+    std::process::exit(twinbox::commands::main(std::env::args_os().collect()));
 }

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 
 use nix::sys::signal::{SigSet, Signal};
 
+use crate::cli::GlobalOpts;
 use crate::cli::vm::VmBootArgs;
 
 /// Parses `PATH[,ro]`.
@@ -35,6 +36,7 @@ pub fn vm_config(args: &VmBootArgs) -> Result<vmm::VmConfig, String> {
     config.initrd = args.initrd.clone();
     config.cmdline = args.cmdline.clone();
     config.mem_size = args.mem;
+    config.memory_backing = args.mem_backing.into();
     config.vcpus = args.cpus;
     config.disks = args
         .disks
@@ -80,70 +82,79 @@ fn stop_on_signals(signals: SigSet, handle: vmm::VmHandle) -> std::io::Result<Ar
     Ok(received)
 }
 
-/// Runs `twinbox vm boot`; returns the exit code.
-pub fn boot(args: &VmBootArgs, debug: bool) -> i32 {
-    if debug {
-        // A fixed level, not an env filter: compiling filter directives costs about a
-        // millisecond, which shows in the VMM's start time.
-        let _ = tracing_subscriber::fmt()
-            .with_writer(std::io::stderr)
-            .with_max_level(tracing::Level::DEBUG)
-            .try_init();
+/// Tells the person at the terminal (plain text on stderr) and, with `--log FILE`, the log
+/// (in `--log-format`) why `vm boot` did not end cleanly.
+fn report(global: &GlobalOpts, message: &str) {
+    if global.log.is_some() {
+        tracing::error!("vm boot: {message}");
     }
+    eprintln!("twinbox: vm boot: {message}");
+}
+
+/// The line that sums up a clean run: why the guest stopped, the boot-timer figure (VMM
+/// start to the guest's boot-timer write, and that moment's CLOCK_MONOTONIC so other
+/// processes can relate it to their clocks) and the whole run time.
+fn summary(exit: &vmm::VmExit) -> String {
+    let boot = match (exit.boot_time, exit.boot_clock) {
+        (Some(time), Some(clock)) => format!(
+            "{:.3} ms (CLOCK_MONOTONIC {} ns)",
+            time.as_secs_f64() * 1e3,
+            clock.as_nanos()
+        ),
+        _ => "not signalled".into(),
+    };
+    format!(
+        "guest stopped ({:?}); boot timer: {boot}; ran {:.3} ms",
+        exit.reason,
+        exit.run_time.as_secs_f64() * 1e3
+    )
+}
+
+/// Runs `twinbox vm boot`; returns the exit code. Logging follows the global options
+/// (`--log`, `--log-format`, `--debug`, set up by the caller): the VMM's messages and the
+/// run's summary go to the log (the summary at info level, so `--log FILE` records it and
+/// `--debug` shows it on stderr); failures also go to stderr as plain text.
+pub fn boot(global: &GlobalOpts, args: &VmBootArgs) -> i32 {
     let config = match vm_config(args) {
         Ok(config) => config,
         Err(message) => {
-            eprintln!("twinbox: vm boot: {message}");
+            report(global, &message);
             return 2;
         }
     };
     let signals = match block_stop_signals() {
         Ok(signals) => signals,
         Err(error) => {
-            eprintln!("twinbox: vm boot: cannot set up signal handling: {error}");
+            report(global, &format!("cannot set up signal handling: {error}"));
             return 1;
         }
     };
     let vmm = match vmm::Vmm::build(config) {
         Ok(vmm) => vmm,
         Err(error) => {
-            eprintln!("twinbox: vm boot: {error}");
+            report(global, &error.to_string());
             return 1;
         }
     };
     let signal = match stop_on_signals(signals, vmm.handle()) {
         Ok(slot) => slot,
         Err(error) => {
-            eprintln!("twinbox: vm boot: cannot set up signal handling: {error}");
+            report(global, &format!("cannot set up signal handling: {error}"));
             return 1;
         }
     };
     match vmm.run() {
         Ok(exit) if exit.reason == vmm::ExitReason::Stopped => {
             let signal = signal.load(Ordering::SeqCst);
-            eprintln!("twinbox: vm boot: stopped by signal {signal}");
+            report(global, &format!("stopped by signal {signal}"));
             128 + signal
         }
         Ok(exit) => {
-            if debug {
-                let boot = match (exit.boot_time, exit.boot_clock) {
-                    (Some(time), Some(clock)) => format!(
-                        "{:.3} ms (CLOCK_MONOTONIC {} ns)",
-                        time.as_secs_f64() * 1e3,
-                        clock.as_nanos()
-                    ),
-                    _ => "not signalled".into(),
-                };
-                eprintln!(
-                    "twinbox: vm boot: guest stopped ({:?}); boot timer: {boot}; ran {:.3} ms",
-                    exit.reason,
-                    exit.run_time.as_secs_f64() * 1e3
-                );
-            }
+            tracing::info!("vm boot: {}", summary(&exit));
             0
         }
         Err(error) => {
-            eprintln!("twinbox: vm boot: {error}");
+            report(global, &error.to_string());
             1
         }
     }

@@ -3,7 +3,7 @@
 //! own modules.
 
 pub mod chromium;
-pub mod cpio;
+pub mod docker;
 pub mod engines;
 pub mod guest_kernel;
 pub mod kvm_host;
@@ -12,9 +12,14 @@ pub mod registry;
 pub mod runc;
 pub mod runtime;
 pub mod store;
+pub mod vm;
+pub mod vm_boot;
+pub mod vsock_echo;
 
 pub use guest_kernel::{GuestKernel, guest_kernel};
 pub use kvm_host::kvm_host;
+/// The initramfs writer (twinbox's own, which builds the guest agent's initramfs).
+pub use twinbox::vm::cpio;
 
 use std::path::{Path, PathBuf};
 

@@ -209,20 +209,10 @@ fn batch() -> &'static Batch {
 
 /// The `KEY=value` lines of a successful step whose guest reached `L2-DONE`.
 fn findings(step: &str) -> Vec<(String, String)> {
-    let step = batch()
-        .run
-        .step(step)
-        .and_then(|s| s.check())
-        .unwrap_or_else(|e| panic!("{e}"));
-    let lines: Vec<&str> = step.output.lines().map(str::trim).collect();
-    assert!(lines.contains(&"L2-INIT-OK"), "{}", step.output);
-    assert!(
-        lines.contains(&"L2-DONE"),
-        "the guest did not finish its init:\n{}",
-        step.output
-    );
-    lines
-        .iter()
+    let output = batch().run.completed_step(step, &["L2-INIT-OK", "L2-DONE"]);
+    output
+        .lines()
+        .map(str::trim)
         .filter_map(|line| line.split_once('='))
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()

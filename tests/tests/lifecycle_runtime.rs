@@ -419,39 +419,6 @@ fn spec_and_features_describe_the_runtime() {
 }
 
 #[test]
-fn vm_isolation_fails_clearly_until_the_vm_backend_exists() {
-    let rt = Runtime::new();
-    let bundle = Bundle::new(&["true"], |c| {
-        c["annotations"] = json!({"io.twinbox.isolation": "vm"});
-    });
-    let id = rt.track(&unique_id("vm"));
-    let out = rt.run(["create", "--bundle", bundle.path().to_str().unwrap(), &id]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("VM backend") && err.contains("io.twinbox.isolation=vm"),
-        "{err}"
-    );
-    assert!(!rt.root().join(&id).exists());
-
-    // Invoked as twinbox-vm (a symlink), a plain bundle selects the VM backend too.
-    let plain = Bundle::new(&["true"], |_| {});
-    let link_dir = tempfile::tempdir().unwrap();
-    let link = link_dir.path().join("twinbox-vm");
-    std::os::unix::fs::symlink(twinbox_tests::twinbox_bin(), &link).unwrap();
-    let mut command = std::process::Command::new(&link);
-    command.arg("--root").arg(rt.root()).args([
-        "create",
-        "--bundle",
-        plain.path().to_str().unwrap(),
-        &id,
-    ]);
-    let out = twinbox_tests::runtime::output_via_files(command);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("invoked as twinbox-vm"));
-}
-
-#[test]
 fn run_returns_the_program_exit_code_and_cleans_up() {
     let rt = Runtime::new();
     let bundle = Bundle::new(&["sh", "-c", "echo out; echo err >&2; exit 3"], |_| {});

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use twinbox_tests::vm_boot::VmSummary;
 use vmm::guest_image::{assemble, elf_image};
 
 /// Assembles `body` (64-bit code at 2 MiB) into a bootable ELF in `dir`.
@@ -69,14 +70,49 @@ fn boots_a_guest_with_console_and_reports_the_boot_timer() {
     assert!(out.status.success(), "stderr: {}", stderr(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from L2");
     let err = stderr(&out);
-    assert!(err.contains("guest stopped (Reboot)"), "{err}");
-    let timer = err
-        .split("boot timer: ")
-        .nth(1)
-        .and_then(|rest| rest.split(" ms").next())
-        .and_then(|ms| ms.parse::<f64>().ok())
-        .unwrap_or_else(|| panic!("no boot timer figure in: {err}"));
-    assert!(timer > 0.0);
+    let summary = VmSummary::find(&err).unwrap_or_else(|| panic!("no summary in: {err}"));
+    assert_eq!(summary.reason, "Reboot");
+    let timer = summary.boot_timer_ms.unwrap();
+    assert!(timer > 0.0 && timer <= summary.ran_ms, "{summary:?}");
+}
+
+#[test]
+fn log_options_send_the_summary_and_failures_to_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = hello_guest(dir.path(), "");
+    let log = dir.path().join("vm.log");
+    let logged = |extra: &[&str]| {
+        let mut args = vec!["--log", log.to_str().unwrap(), "--log-format", "json"];
+        args.extend_from_slice(&["vm", "boot", "--kernel", kernel.to_str().unwrap()]);
+        args.extend_from_slice(extra);
+        let out = twinbox(&args);
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        (out, lines)
+    };
+
+    let (out, lines) = logged(&[]);
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    assert!(out.stderr.is_empty(), "stderr: {}", stderr(&out));
+    let summary = lines.last().unwrap();
+    assert_eq!(summary["level"], "info", "{lines:?}");
+    let parsed = VmSummary::find(summary["msg"].as_str().unwrap()).unwrap();
+    assert_eq!(parsed.reason, "Reboot");
+    assert!(parsed.boot_timer_ms.is_some());
+
+    // A failure: plain text on stderr for the person, an error line in the log.
+    let missing = dir.path().join("missing.img");
+    let (out, lines) = logged(&["--disk", missing.to_str().unwrap()]);
+    assert_fails_with(&out, 1, "twinbox: vm boot: cannot open disk image");
+    let error = lines.last().unwrap();
+    assert_eq!(error["level"], "error");
+    assert!(
+        error["msg"].as_str().unwrap().contains("missing.img"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -204,4 +240,17 @@ fn stock_linux_kernels_are_refused_on_pvm_hosts() {
 fn unknown_flags_are_rejected() {
     let out = twinbox(&["vm", "boot", "--kernel", "/k", "--frobnicate"]);
     assert_fails_with(&out, 2, "--frobnicate");
+}
+
+#[test]
+fn every_memory_backing_boots_and_unknown_ones_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = hello_guest(dir.path(), "ok");
+    for backing in ["auto", "memfd", "shared", "private"] {
+        let out = boot(&kernel, &["--console", "--mem-backing", backing]);
+        assert!(out.status.success(), "{backing}: {}", stderr(&out));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "ok", "{backing}");
+    }
+    let out = boot(&kernel, &["--mem-backing", "hugetlb"]);
+    assert_fails_with(&out, 2, "--mem-backing");
 }

@@ -297,6 +297,7 @@ impl Vmm {
             entry: kernel.entry,
             protocol: kernel.protocol,
             count: config.vcpus,
+            resets_by_triple_fault: vcpu::resets_by_triple_fault(&config.cmdline),
         };
         let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
         for index in 0..config.vcpus {
@@ -314,7 +315,7 @@ impl Vmm {
             event_manager.add_subscriber(subscriber);
         }
         let filters = if config.seccomp {
-            seccomp::install_violation_reporter()?;
+            seccomp::prepare_process()?;
             Some(seccomp::filters()?)
         } else {
             None

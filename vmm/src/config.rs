@@ -81,7 +81,7 @@ impl VmConfig {
             console: ConsoleConfig::Off,
             seccomp: true,
             kvm_device: PathBuf::from("/dev/kvm"),
-            memory_backing: MemoryBacking::Memfd,
+            memory_backing: MemoryBacking::Auto,
         }
     }
 }

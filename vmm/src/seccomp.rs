@@ -82,13 +82,25 @@ const VMM_ONLY: &[i64] = &[
     libc::SYS_shutdown,
 ];
 
-/// ioctls a vCPU thread makes.
-const VCPU_IOCTLS: &[u64] = &[KVM_RUN];
+/// ioctls a vCPU thread makes: running, and reading its registers to tell why the guest
+/// triple-faulted.
+const VCPU_IOCTLS: &[u64] = &[KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS];
 /// ioctls the event-loop thread makes (non-blocking mode on new sockets).
 const VMM_IOCTLS: &[u64] = &[libc::FIONBIO];
 
 /// KVM_RUN = _IO(KVMIO, 0x80).
 const KVM_RUN: u64 = 0xae80;
+/// KVM_GET_REGS = _IOR(KVMIO, 0x81, struct kvm_regs).
+const KVM_GET_REGS: u64 = kvm_ior(0x81, std::mem::size_of::<kvm_bindings::kvm_regs>());
+/// KVM_GET_SREGS = _IOR(KVMIO, 0x83, struct kvm_sregs).
+const KVM_GET_SREGS: u64 = kvm_ior(0x83, std::mem::size_of::<kvm_bindings::kvm_sregs>());
+
+/// `_IOR(KVMIO, nr, size)`: a KVM ioctl number that reads `size` bytes.
+const fn kvm_ior(nr: u64, size: usize) -> u64 {
+    const IOC_READ: u64 = 2;
+    const KVMIO: u64 = 0xae;
+    (IOC_READ << 30) | ((size as u64) << 16) | (KVMIO << 8) | nr
+}
 
 fn rules_for(
     thread: &'static str,
@@ -150,11 +162,26 @@ extern "C" fn report_violation(_: libc::c_int, info: *mut libc::siginfo_t, _: *m
     }
 }
 
-/// Installs the SIGSYS reporter (once per process).
-pub fn install_violation_reporter() -> Result<(), SeccompError> {
+/// Keeps glibc's allocator within the filters: when a thread's heap shrinks, glibc reads
+/// `/proc/sys/vm/overcommit_memory` (an `openat` no filter allows) the first time. That
+/// happens once a vCPU or the event loop frees enough memory, e.g. after a large vsock
+/// transfer. A trim threshold no heap reaches means heaps are never shrunk (freed memory
+/// stays with the process for reuse; whole heaps are still unmapped).
+fn keep_allocator_within_filters() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only changes an allocator parameter; glibc serializes it internally.
+    unsafe {
+        libc::mallopt(libc::M_TRIM_THRESHOLD, libc::c_int::MAX);
+    }
+}
+
+/// Prepares the process for filtered threads (once): installs the SIGSYS reporter and
+/// keeps the allocator from making calls the filters refuse.
+pub fn prepare_process() -> Result<(), SeccompError> {
     static ONCE: Once = Once::new();
     let mut result = Ok(());
     ONCE.call_once(|| {
+        keep_allocator_within_filters();
         result = vmm_sys_util::signal::register_signal_handler(libc::SIGSYS, report_violation)
             .map_err(SeccompError::Handler);
     });
@@ -169,6 +196,12 @@ pub fn apply(filter: &BpfProgram) -> Result<(), SeccompError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn register_ioctl_numbers_match_the_linux_headers() {
+        assert_eq!(KVM_GET_REGS, 0x8090_ae81);
+        assert_eq!(KVM_GET_SREGS, 0x8138_ae83);
+    }
 
     #[test]
     fn filters_compile_and_count() {
@@ -216,5 +249,44 @@ mod tests {
         });
         assert!(libc::WIFSIGNALED(denied), "status {denied:#x}");
         assert_eq!(libc::WTERMSIG(denied), libc::SIGSYS);
+    }
+
+    /// Set in the fresh process that [`a_filtered_thread_may_free_much_memory`] starts.
+    const FRESH_PROCESS: &str = "TWINBOX_SECCOMP_FRESH_PROCESS";
+
+    #[test]
+    fn a_filtered_thread_may_free_much_memory() {
+        if std::env::var_os(FRESH_PROCESS).is_some() {
+            // glibc asks /proc once per process, so this runs in a process of its own.
+            prepare_process().unwrap();
+            let filters = filters().unwrap();
+            // A new thread, so its allocations come from a heap of its own (a glibc arena)
+            // whose shrinking is what left the filter.
+            let worker = std::thread::spawn(move || {
+                apply(&filters.vmm).unwrap();
+                for _ in 0..4 {
+                    let buffers: Vec<Vec<u8>> = (0..256).map(|_| vec![1u8; 64 << 10]).collect();
+                    drop(buffers);
+                }
+            });
+            worker.join().unwrap();
+            return;
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "seccomp::tests::a_filtered_thread_may_free_much_memory",
+                "--test-threads=1",
+            ])
+            .env(FRESH_PROCESS, "1")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("1 passed"),
+            "{:?}\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }

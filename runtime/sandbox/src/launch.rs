@@ -599,8 +599,10 @@ impl ExecSetup {
     }
 }
 
-/// Nothing to do for the runtime during exec setup besides recording nothing.
-struct NoHooks;
+/// An observer with nothing to record and no hooks to run (exec setup, and runtimes such
+/// as the guest agent whose host runs the hooks).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoHooks;
 
 impl SetupObserver for NoHooks {
     fn spawned(&mut self, _pid: i32) -> Result<(), String> {
@@ -991,4 +993,31 @@ pub fn send_fd(socket: &OwnedFd, fd: std::os::fd::BorrowedFd<'_>, name: &str) ->
         None,
     )?;
     Ok(())
+}
+
+/// Receives a descriptor sent with [`send_fd`] (SCM_RIGHTS) on a unix socket.
+pub fn receive_fd(socket: std::os::fd::BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    use std::os::fd::FromRawFd;
+    let mut name = [0u8; 256];
+    let mut iov = [io::IoSliceMut::new(&mut name)];
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let msg = recvmsg::<()>(
+        socket.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    for cmsg in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(fds) = cmsg
+            && let Some(fd) = fds.first()
+        {
+            // SAFETY: the kernel just installed this fd for us; nobody else owns it.
+            return Ok(unsafe { OwnedFd::from_raw_fd(*fd) });
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::InvalidData,
+        "the message carried no file descriptor",
+    ))
 }

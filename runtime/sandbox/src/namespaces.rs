@@ -177,7 +177,9 @@ impl NamespacePlan {
     }
 
     /// In the container process: joins the namespaces given by path, then creates the cgroup
-    /// namespace (after the runtime moved the process into its cgroup).
+    /// namespace (after the runtime moved the process into its cgroup), and sets the loopback
+    /// interface of a new network namespace up (as runc does), so that a container without
+    /// other networking still reaches 127.0.0.1.
     pub fn enter(&self, sys: &dyn Syscall) -> Result<(), NamespaceError> {
         use std::os::fd::AsFd;
         for join in &self.join {
@@ -195,6 +197,13 @@ impl NamespacePlan {
                     kind: "cgroup",
                     source,
                 })?;
+        }
+        if self.clone_flags.contains(CloneFlags::CLONE_NEWNET) {
+            sys.loopback_up().map_err(|source| NamespaceError::Enter {
+                action: "setting the loopback interface up in the new",
+                kind: "network",
+                source,
+            })?;
         }
         Ok(())
     }
@@ -266,7 +275,7 @@ mod tests {
         plan.enter(&sys).unwrap();
         assert_eq!(
             sys.calls(),
-            vec![Call::Unshare(CloneFlags::CLONE_NEWCGROUP)]
+            vec![Call::Unshare(CloneFlags::CLONE_NEWCGROUP), Call::LoopbackUp]
         );
     }
 

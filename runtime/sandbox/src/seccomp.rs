@@ -1,6 +1,9 @@
 //! Compiling the spec's `linux.seccomp` profile into a BPF filter with libseccomp (linked
 //! statically) and loading it.
 
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
 use libseccomp::{
     ScmpAction, ScmpArch, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall,
 };
@@ -124,51 +127,151 @@ pub struct Filter {
     flags: libc::c_ulong,
 }
 
-impl Filter {
-    /// Compiles an OCI seccomp profile. Syscall names this libseccomp does not know are
-    /// skipped (as runc does); rules whose action equals the default are redundant and skipped.
-    pub fn compile(profile: &LinuxSeccomp) -> Result<Filter, SeccompError> {
-        let default = action(profile.default_action(), profile.default_errno_ret())?;
-        let mut context = ScmpFilterContext::new(default).map_err(lib("creating the filter"))?;
-        let mut flags: libc::c_ulong = 0;
-        for arch in profile.architectures().iter().flatten() {
-            let name = spec_name(arch);
-            let scmp: ScmpArch = name
-                .parse()
-                .map_err(|_| SeccompError::Invalid(format!("unknown architecture {name}")))?;
-            context
-                .add_arch(scmp)
-                .map_err(lib(format!("adding architecture {name}")))?;
-        }
-        for flag in profile.flags().iter().flatten() {
-            match flag {
-                LinuxSeccompFilterFlag::SeccompFilterFlagLog => flags |= SECCOMP_FILTER_FLAG_LOG,
-                LinuxSeccompFilterFlag::SeccompFilterFlagSpecAllow => {
-                    flags |= SECCOMP_FILTER_FLAG_SPEC_ALLOW
-                }
-                LinuxSeccompFilterFlag::SeccompFilterFlagTsync => {
-                    flags |= SECCOMP_FILTER_FLAG_TSYNC
-                }
-                other => {
-                    return Err(SeccompError::Invalid(format!(
-                        "filter flag {} is not supported",
-                        spec_name(other)
-                    )));
-                }
+/// Where compiled programs are kept between runs (see [`set_cache_dir`]).
+static CACHE_DIR: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+/// Keeps compiled BPF programs in `dir` from now on (None: compile every time). A program is
+/// keyed by the SHA-256 of the profile, libseccomp's version and API level, and the kernel, so
+/// a container whose profile was seen before skips libseccomp's compile (milliseconds for
+/// Docker's default profile, most of a container's start). `dir` must be writable by its
+/// owner only: a program read from it is trusted. Its files are written atomically.
+pub fn set_cache_dir(dir: Option<PathBuf>) {
+    *CACHE_DIR.lock().unwrap_or_else(|e| e.into_inner()) = dir;
+}
+
+/// Longest program the kernel accepts (BPF_MAXINSNS).
+const MAX_INSTRUCTIONS: usize = 4096;
+
+/// The cache file of `profile`, when a cache is set.
+fn cache_path(profile: &LinuxSeccomp) -> Option<PathBuf> {
+    use sha2::{Digest, Sha256};
+    let dir = CACHE_DIR
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()?;
+    let mut hasher = Sha256::new();
+    hasher.update(serde_json::to_vec(profile).ok()?);
+    let version = libseccomp::ScmpVersion::current().ok()?;
+    let kernel = nix::sys::utsname::uname().ok()?;
+    hasher.update(format!(
+        "\0libseccomp {}.{}.{} api {}\0{} {}\0twinbox-sandbox {}",
+        version.major,
+        version.minor,
+        version.micro,
+        libseccomp::get_api(),
+        kernel.release().to_string_lossy(),
+        std::env::consts::ARCH,
+        env!("CARGO_PKG_VERSION"),
+    ));
+    let key: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Some(dir.join(format!("{key}.bpf")))
+}
+
+/// A cached program, if it is there and well-formed.
+fn read_cached(path: &Path) -> Option<Vec<u8>> {
+    let bytes = std::fs::read(path).ok()?;
+    let valid = !bytes.is_empty()
+        && bytes.len() % std::mem::size_of::<libc::sock_filter>() == 0
+        && bytes.len() <= MAX_INSTRUCTIONS * std::mem::size_of::<libc::sock_filter>();
+    valid.then_some(bytes)
+}
+
+/// Stores a program (best effort: a failure only costs the next compile).
+fn write_cached(path: &Path, bytes: &[u8]) {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let Some(dir) = path.parent() else { return };
+    let temp = dir.join(format!(".{}.tmp", std::process::id()));
+    let result = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .and_then(|()| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&temp)
+        })
+        .and_then(|mut file| file.write_all(bytes))
+        .and_then(|()| std::fs::rename(&temp, path));
+    if let Err(err) = result {
+        let _ = std::fs::remove_file(&temp);
+        tracing::debug!("caching the seccomp program in {}: {err}", dir.display());
+    }
+}
+
+/// The filter flags of `profile` (seccomp(2)'s SECCOMP_FILTER_FLAG_*).
+fn filter_flags(profile: &LinuxSeccomp) -> Result<libc::c_ulong, SeccompError> {
+    let mut flags: libc::c_ulong = 0;
+    for flag in profile.flags().iter().flatten() {
+        match flag {
+            LinuxSeccompFilterFlag::SeccompFilterFlagLog => flags |= SECCOMP_FILTER_FLAG_LOG,
+            LinuxSeccompFilterFlag::SeccompFilterFlagSpecAllow => {
+                flags |= SECCOMP_FILTER_FLAG_SPEC_ALLOW
+            }
+            LinuxSeccompFilterFlag::SeccompFilterFlagTsync => flags |= SECCOMP_FILTER_FLAG_TSYNC,
+            other => {
+                return Err(SeccompError::Invalid(format!(
+                    "filter flag {} is not supported",
+                    spec_name(other)
+                )));
             }
         }
-        for rule in profile.syscalls().iter().flatten() {
-            add_rule(&mut context, rule, default)?;
-        }
-        let mut bpf = crate::memfd("twinbox-seccomp").map_err(|e| {
-            SeccompError::Invalid(format!("creating a buffer for the BPF program: {e}"))
-        })?;
-        context.export_bpf(&bpf).map_err(lib("generating BPF"))?;
-        let mut bytes = Vec::new();
-        use std::io::{Read, Seek};
-        bpf.rewind()
-            .and_then(|_| bpf.read_to_end(&mut bytes))
-            .map_err(|e| SeccompError::Invalid(format!("reading the BPF program: {e}")))?;
+    }
+    Ok(flags)
+}
+
+/// libseccomp's BPF program for `profile`, as bytes (struct sock_filter in native order).
+fn compile_bpf(profile: &LinuxSeccomp) -> Result<Vec<u8>, SeccompError> {
+    let default = action(profile.default_action(), profile.default_errno_ret())?;
+    let mut context = ScmpFilterContext::new(default).map_err(lib("creating the filter"))?;
+    for arch in profile.architectures().iter().flatten() {
+        let name = spec_name(arch);
+        let scmp: ScmpArch = name
+            .parse()
+            .map_err(|_| SeccompError::Invalid(format!("unknown architecture {name}")))?;
+        context
+            .add_arch(scmp)
+            .map_err(lib(format!("adding architecture {name}")))?;
+    }
+    for rule in profile.syscalls().iter().flatten() {
+        add_rule(&mut context, rule, default)?;
+    }
+    let mut bpf = crate::memfd("twinbox-seccomp").map_err(|e| {
+        SeccompError::Invalid(format!("creating a buffer for the BPF program: {e}"))
+    })?;
+    context.export_bpf(&bpf).map_err(lib("generating BPF"))?;
+    let mut bytes = Vec::new();
+    use std::io::{Read, Seek};
+    bpf.rewind()
+        .and_then(|_| bpf.read_to_end(&mut bytes))
+        .map_err(|e| SeccompError::Invalid(format!("reading the BPF program: {e}")))?;
+    Ok(bytes)
+}
+
+impl Filter {
+    /// Compiles an OCI seccomp profile (or takes it from the cache, see [`set_cache_dir`]).
+    /// Syscall names this libseccomp does not know are skipped (as runc does); rules whose
+    /// action equals the default are redundant and skipped.
+    pub fn compile(profile: &LinuxSeccomp) -> Result<Filter, SeccompError> {
+        let flags = filter_flags(profile)?;
+        let cache = cache_path(profile);
+        let bytes = match cache.as_deref().and_then(read_cached) {
+            Some(bytes) => bytes,
+            None => {
+                let bytes = compile_bpf(profile)?;
+                if let Some(path) = &cache {
+                    write_cached(path, &bytes);
+                }
+                bytes
+            }
+        };
         let program = bytes
             .chunks_exact(8)
             .map(|i| libc::sock_filter {
@@ -279,6 +382,39 @@ mod tests {
         let filter = Filter::compile(&profile).unwrap();
         // An arch check plus the rules for 3 architectures.
         assert!(filter.len() > 10, "{} instructions", filter.len());
+    }
+
+    #[test]
+    fn programs_are_cached_by_profile() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        set_cache_dir(Some(cache.clone()));
+        // A profile of this test only: the others compile PROFILE meanwhile.
+        let mut profile: LinuxSeccomp = serde_json::from_str(PROFILE).unwrap();
+        profile.set_default_errno_ret(Some(77));
+        let compiled = Filter::compile(&profile).unwrap();
+        let path = cache_path(&profile).unwrap();
+        set_cache_dir(None);
+        let stored = std::fs::read(&path).unwrap();
+        assert_eq!(stored.len(), compiled.len() * 8);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&cache).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        // What is read back is what was stored: plant a different valid program.
+        let planted = &stored[..stored.len() - 8];
+        std::fs::write(&path, planted).unwrap();
+        set_cache_dir(Some(cache.clone()));
+        let cached = Filter::compile(&profile).unwrap();
+        assert_eq!(cached.len(), compiled.len() - 1);
+        // A damaged entry is compiled again and replaced.
+        std::fs::write(&path, b"short").unwrap();
+        assert_eq!(Filter::compile(&profile).unwrap().len(), compiled.len());
+        assert_eq!(std::fs::read(&path).unwrap(), stored);
+        // Another profile has another key.
+        let mut other = profile.clone();
+        other.set_default_errno_ret(Some(78));
+        assert_ne!(cache_path(&other), cache_path(&profile));
+        set_cache_dir(None);
     }
 
     #[test]

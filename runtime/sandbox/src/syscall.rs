@@ -78,6 +78,8 @@ pub trait Syscall {
     fn set_ambient(&self, caps: u64) -> io::Result<()>;
     /// prctl(PR_SET_NO_NEW_PRIVS).
     fn set_no_new_privs(&self) -> io::Result<()>;
+    /// Sets the loopback interface of the current network namespace up (SIOCSIFFLAGS).
+    fn loopback_up(&self) -> io::Result<()>;
 }
 
 /// The real syscalls.
@@ -285,6 +287,29 @@ impl Syscall for LinuxSyscall {
         let ret = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
         errno_result(ret.into())
     }
+
+    fn loopback_up(&self) -> io::Result<()> {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        // SAFETY: socket(2) with constant arguments; the fd is owned below.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd was just returned by socket(2) and nothing else owns it.
+        let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: an all-zero ifreq is a valid value.
+        let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (slot, byte) in request.ifr_name.iter_mut().zip(b"lo\0") {
+            *slot = *byte as libc::c_char;
+        }
+        // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS with a valid ifreq naming "lo"; the flags member
+        // of the union is the one these requests read and write.
+        unsafe {
+            errno_result(libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS, &mut request).into())?;
+            request.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            errno_result(libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFFLAGS, &request).into())
+        }
+    }
 }
 
 #[cfg(test)]
@@ -327,6 +352,7 @@ pub(crate) mod fake {
         Capset(CapSets),
         Ambient(u64),
         NoNewPrivs,
+        LoopbackUp,
     }
 
     /// Records every call and succeeds, except for mounts of the listed fstypes.
@@ -437,6 +463,9 @@ pub(crate) mod fake {
         }
         fn set_no_new_privs(&self) -> io::Result<()> {
             self.record(Call::NoNewPrivs)
+        }
+        fn loopback_up(&self) -> io::Result<()> {
+            self.record(Call::LoopbackUp)
         }
     }
 }

@@ -54,13 +54,9 @@ impl std::fmt::Display for BackendKind {
 /// Errors of the backends.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
-    /// The VM backend was selected but is not part of this build yet.
-    #[error(
-        "the VM backend was selected ({0}) but is not available in this build of twinbox yet; \
-         run the container with the container backend (remove the io.twinbox.isolation=vm \
-         annotation, or invoke `twinbox` instead of `twinbox-vm`)"
-    )]
-    VmUnavailable(String),
+    /// The VM backend failed.
+    #[error(transparent)]
+    Vm(Box<crate::vm::VmError>),
     /// An unknown isolation value.
     #[error("unknown isolation {0:?}: use \"container\" or \"vm\"")]
     InvalidIsolation(String),
@@ -80,6 +76,7 @@ impl BackendError {
     pub fn exit_code(&self) -> i32 {
         match self {
             BackendError::Launch(err) => err.exit_code(),
+            BackendError::Vm(err) => err.exit_code(),
             _ => 1,
         }
     }
@@ -112,11 +109,12 @@ pub fn select(
     Ok((BackendKind::Container, "default".into()))
 }
 
-/// The backend implementation for `kind`; `reason` says how it was chosen, for errors.
+/// The backend implementation for `kind`; `reason` says how it was chosen, for the log.
 pub fn for_kind(kind: BackendKind, reason: &str) -> Result<Box<dyn Backend>, BackendError> {
+    tracing::debug!(backend = %kind, reason, "backend chosen");
     match kind {
         BackendKind::Container => Ok(Box::new(crate::container::ContainerBackend)),
-        BackendKind::Vm => Err(BackendError::VmUnavailable(reason.to_string())),
+        BackendKind::Vm => Ok(Box::new(crate::vm::VmBackend)),
     }
 }
 
@@ -148,6 +146,8 @@ pub struct CreateRequest<'a> {
     pub cgroup_path: Option<&'a Path>,
     /// O_PATH handle of the exec fifo the init must block on.
     pub exec_fifo: OwnedFd,
+    /// The container's state directory (the backend may keep its own files there).
+    pub state_dir: &'a Path,
     /// The rest.
     pub options: CreateOptions,
 }
@@ -254,12 +254,13 @@ mod tests {
     }
 
     #[test]
-    fn vm_backend_fails_clearly_until_it_exists() {
+    fn each_kind_gets_its_backend() {
         let (kind, reason) = select(None, Some("twinbox-vm"), &spec(None)).unwrap();
-        let err = for_kind(kind, &reason).err().unwrap().to_string();
-        assert!(
-            err.contains("VM backend") && err.contains("twinbox-vm"),
-            "{err}"
+        assert_eq!(for_kind(kind, &reason).unwrap().kind(), BackendKind::Vm);
+        let (kind, reason) = select(None, Some("twinbox"), &spec(None)).unwrap();
+        assert_eq!(
+            for_kind(kind, &reason).unwrap().kind(),
+            BackendKind::Container
         );
     }
 }

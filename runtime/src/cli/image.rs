@@ -15,7 +15,7 @@ pub enum ImageCommand {
     Import(ImportArgs),
     /// List images.
     Images(ImagesArgs),
-    /// Show an image's record, manifest and config as JSON.
+    /// Show containers or images as JSON (an image's record, manifest and config).
     Inspect(InspectArgs),
     /// Remove images.
     Rmi(RmiArgs),
@@ -93,10 +93,22 @@ pub struct ImagesArgs {
     pub quiet: bool,
 }
 
+/// What `twinbox inspect` looks up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum InspectType {
+    /// Containers (by name, id or unique id prefix).
+    Container,
+    /// Images (by name, id or digest).
+    Image,
+}
+
 /// `twinbox inspect`.
 #[derive(Debug, Args)]
 pub struct InspectArgs {
-    /// Images (name, id or digest).
+    /// Only look for this kind of object (default: containers first, then images).
+    #[arg(long = "type", value_enum)]
+    pub kind: Option<InspectType>,
+    /// Containers or images (name, id or digest).
     #[arg(required = true)]
     pub images: Vec<String>,
 }
@@ -113,7 +125,7 @@ pub struct RmiArgs {
 }
 
 /// Overrides of the image config for the runtime spec (shared by bundle and run).
-#[derive(Debug, Clone, Default, Args)]
+#[derive(Debug, Clone, Default, PartialEq, Args)]
 pub struct SpecArgs {
     /// Set an environment variable (KEY=VALUE). Repeatable.
     #[arg(short, long = "env", value_name = "KEY=VALUE")]
@@ -145,7 +157,8 @@ pub struct SpecArgs {
     /// Resource limit TYPE=SOFT[:HARD], e.g. nofile=1024:2048. Repeatable.
     #[arg(long, value_name = "TYPE=SOFT[:HARD]")]
     pub ulimit: Vec<String>,
-    /// Security options; supported: seccomp=unconfined.
+    /// Security options: seccomp=unconfined, seccomp=PROFILE.json (OCI or Docker format),
+    /// no-new-privileges[=true|false]. Repeatable.
     #[arg(long, value_name = "OPT")]
     pub security_opt: Vec<String>,
 }

@@ -6,6 +6,7 @@
 //! engines (the runc-compatible OCI runtime commands that podman and containerd call).
 
 pub mod compare;
+pub mod engine;
 pub mod image;
 pub mod runtime;
 pub mod vm;
@@ -42,6 +43,11 @@ pub struct GlobalOpts {
     #[arg(long, global = true, value_name = "DIR")]
     pub root: Option<PathBuf>,
 
+    /// Container state directory of the docker-style commands (default /run/twinbox, or
+    /// $TWINBOX_RUN_ROOT): the same run root the OCI runtime commands use.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub run_root: Option<PathBuf>,
+
     /// Write logs to FILE instead of stderr.
     #[arg(long, global = true, value_name = "FILE")]
     pub log: Option<PathBuf>,
@@ -77,6 +83,9 @@ pub enum Command {
     /// The runc-compatible OCI runtime commands.
     #[command(flatten)]
     Runtime(runtime::RuntimeCommand),
+    /// The docker-style container commands runc does not have.
+    #[command(flatten)]
+    Engine(engine::EngineCommand),
     /// Low-level microVM commands (boot a kernel with twinbox's VMM).
     Vm(vm::VmCommand),
     /// Run an image as a container, as a microVM and under peer runtimes, and compare start

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand, ValueEnum};
 
+use super::engine::ContainerRunArgs;
+
 /// OCI runtime commands.
 #[derive(Debug, Subcommand)]
 pub enum RuntimeCommand {
@@ -12,18 +14,19 @@ pub enum RuntimeCommand {
     Create(CreateArgs),
     /// Start the user program of a created container.
     Start(IdArgs),
-    /// Create and start a container from an OCI bundle (`run --bundle DIR ID`), wait for it
-    /// and delete it.
-    Run(RunArgs),
+    /// Run a command in a new container from an image (`run [OPTIONS] IMAGE [COMMAND...]`),
+    /// or, with --bundle, create and start an OCI bundle (`run --bundle DIR ID`) as runc does.
+    Run(Box<RunArgs>),
     /// Print the state of a container as JSON.
     State(IdArgs),
-    /// Send a signal to a container's init (default SIGTERM), or to all its processes.
+    /// Send a signal to containers: `kill [-s SIGNAL] CONTAINER...` (default SIGKILL for
+    /// containers made by `run IMAGE`), or runc's `kill [--all] ID [SIGNAL]` (default SIGTERM).
     Kill(KillArgs),
     /// Delete a stopped container and everything it left behind.
     Delete(DeleteArgs),
     /// Run a process inside a running container.
     Exec(ExecArgs),
-    /// List the processes of a container.
+    /// List containers (`ps [-a]`), or with a container id the processes of that container.
     Ps(PsArgs),
     /// List the containers under the run root.
     List(ListArgs),
@@ -85,6 +88,9 @@ pub struct CreateArgs {
 /// `run`: with `--bundle`, runc's run of an OCI bundle; the docker-style `run IMAGE [CMD]` of
 /// the image store shares this subcommand.
 #[derive(Debug, Args)]
+#[command(
+    override_usage = "twinbox run [OPTIONS] IMAGE [COMMAND [ARG...]]\n       twinbox run --bundle DIR [OPTIONS] ID"
+)]
 pub struct RunArgs {
     /// The bundle directory (holding config.json): selects the OCI runtime form `run
     /// --bundle DIR ID`.
@@ -98,12 +104,19 @@ pub struct RunArgs {
     #[arg(short, long)]
     pub detach: bool,
 
-    /// Keep the container's state after it exits (do not delete it).
+    /// With --bundle: keep the container's state after it exits (do not delete it).
     #[arg(long)]
     pub keep: bool,
 
-    /// With --bundle: the container id.
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "ID")]
+    #[command(flatten)]
+    pub image: ContainerRunArgs,
+
+    /// IMAGE [COMMAND [ARG...]], or with --bundle the container id.
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "ARGS"
+    )]
     pub args: Vec<String>,
 }
 
@@ -114,12 +127,13 @@ pub struct KillArgs {
     #[arg(short, long)]
     pub all: bool,
 
-    /// Container id.
-    pub id: String,
+    /// Signal name (KILL, SIGTERM) or number; every argument is then a container.
+    #[arg(short, long, value_name = "SIGNAL")]
+    pub signal: Option<String>,
 
-    /// Signal name (TERM, SIGTERM) or number.
-    #[arg(default_value = "TERM")]
-    pub signal: String,
+    /// Containers (name, id or unique id prefix); runc's form `ID SIGNAL` is accepted too.
+    #[arg(required = true, value_name = "CONTAINER")]
+    pub targets: Vec<String>,
 }
 
 /// `delete`.
@@ -141,19 +155,28 @@ pub struct ExecArgs {
     pub console_socket: Option<PathBuf>,
 
     /// Working directory in the container.
-    #[arg(long)]
+    #[arg(short = 'w', long, visible_alias = "workdir")]
     pub cwd: Option<PathBuf>,
 
-    /// Set an environment variable (KEY=VALUE); repeatable.
+    /// Set an environment variable (KEY=VALUE, or KEY to pass twinbox's own); repeatable.
     #[arg(short, long, value_name = "KEY=VALUE")]
     pub env: Vec<String>,
+
+    /// Read environment variables from a file (KEY=VALUE lines); repeatable.
+    #[arg(long = "env-file", value_name = "FILE")]
+    pub env_files: Vec<PathBuf>,
+
+    /// Keep stdin open (containers made by `run IMAGE` otherwise give exec'd processes an
+    /// empty stdin, as docker does).
+    #[arg(short, long)]
+    pub interactive: bool,
 
     /// Allocate a pseudo-terminal.
     #[arg(short, long)]
     pub tty: bool,
 
-    /// User as uid[:gid].
-    #[arg(short, long, value_name = "UID[:GID]")]
+    /// User as uid[:gid], or a name (name:group) from the container's /etc/passwd.
+    #[arg(short, long, value_name = "USER[:GROUP]")]
     pub user: Option<String>,
 
     /// Additional group id; repeatable.
@@ -210,12 +233,25 @@ pub enum OutputFormat {
 /// `ps`.
 #[derive(Debug, Args)]
 pub struct PsArgs {
-    /// table (ps -ef output of the container's processes) or json (an array of host pids).
+    /// table or json. Listing containers: a docker-like table or a JSON array of containers;
+    /// with a container id: ps -ef output of its processes or a JSON array of host pids.
     #[arg(short, long, value_enum, default_value_t)]
     pub format: OutputFormat,
 
-    /// Container id.
-    pub id: String,
+    /// List stopped and created containers too (default: running and paused ones).
+    #[arg(short, long)]
+    pub all: bool,
+
+    /// Print container ids only.
+    #[arg(short, long)]
+    pub quiet: bool,
+
+    /// Do not truncate ids and commands.
+    #[arg(long)]
+    pub no_trunc: bool,
+
+    /// Container id: list its processes (runc's `ps ID`) instead of listing containers.
+    pub id: Option<String>,
 
     /// Options for ps(1) in table format (default -ef).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 
 /// `twinbox vm`.
 #[derive(Debug, Args)]
@@ -19,6 +19,19 @@ pub enum VmAction {
     /// Exits 0 when the guest reboots or powers off (use `reboot=t` or the default
     /// `reboot=k` with `reboot -f` in the guest), non-zero with a message otherwise.
     Boot(VmBootArgs),
+    /// The VM backend's init process (the jailed VMM); started by `create`, not by hand.
+    #[command(hide = true)]
+    Init(VmInternalArgs),
+    /// The VM backend's exec relay; started by `exec`, not by hand.
+    #[command(hide = true)]
+    ExecRelay(VmInternalArgs),
+}
+
+/// Arguments of the VM backend's internal processes.
+#[derive(Debug, Args)]
+pub struct VmInternalArgs {
+    /// Their configuration file (written by the command that starts them).
+    pub config: PathBuf,
 }
 
 /// Options of `twinbox vm boot`.
@@ -40,6 +53,13 @@ pub struct VmBootArgs {
     /// Guest memory, e.g. 128M or 1G.
     #[arg(long, value_name = "SIZE", default_value = "128M", value_parser = vmm::parse_mem_size)]
     pub mem: u64,
+
+    /// How guest memory is backed: `auto` picks the fastest the host offers (a shared
+    /// memfd when shared memory gets transparent huge pages, else private memory, which
+    /// does); `memfd` and `shared` are shareable with other processes; `private` is what
+    /// Firecracker and QEMU use by default.
+    #[arg(long, value_name = "KIND", value_enum, default_value_t = MemBacking::Auto)]
+    pub mem_backing: MemBacking,
 
     /// Number of vCPUs.
     #[arg(long, value_name = "N", default_value_t = 1)]
@@ -66,4 +86,28 @@ pub struct VmBootArgs {
     /// Do not install the VMM's seccomp filters (only for debugging the VMM itself).
     #[arg(long)]
     pub no_seccomp: bool,
+}
+
+/// `--mem-backing` values (see [`vmm::MemoryBacking`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MemBacking {
+    /// The fastest backing the host offers.
+    Auto,
+    /// A shared memfd.
+    Memfd,
+    /// Shared anonymous memory.
+    Shared,
+    /// Private anonymous memory.
+    Private,
+}
+
+impl From<MemBacking> for vmm::MemoryBacking {
+    fn from(backing: MemBacking) -> Self {
+        match backing {
+            MemBacking::Auto => Self::Auto,
+            MemBacking::Memfd => Self::Memfd,
+            MemBacking::Shared => Self::Anonymous,
+            MemBacking::Private => Self::Private,
+        }
+    }
 }

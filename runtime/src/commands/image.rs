@@ -1,14 +1,15 @@
 //! The image commands: thin wrappers that turn CLI structs into `crate::image` calls and
-//! print results.
+//! print results. `inspect` shows containers too (containers first, as docker).
 
 use std::path::PathBuf;
 
 use crate::cli::GlobalOpts;
-use crate::cli::image::{BundleArgs, Format, ImageCommand, ImagesArgs, SpecArgs};
+use crate::cli::image::{BundleArgs, Format, ImageCommand, ImagesArgs, InspectType, SpecArgs};
 use crate::config::Config;
+use crate::engine::EngineError;
 use crate::image::store::DEFAULT_ROOT;
 use crate::image::{Image, ImageStore, Platform, PullOptions, archive};
-use crate::spec::{self, SpecOptions};
+use crate::spec::{self, SpecError, SpecOptions};
 
 /// Environment variable overriding the store root.
 pub const ROOT_ENV: &str = "TWINBOX_ROOT";
@@ -80,9 +81,20 @@ fn execute(global: &GlobalOpts, command: ImageCommand) -> CommandResult {
         }
         ImageCommand::Images(args) => list_images(&store, &args)?,
         ImageCommand::Inspect(args) => {
+            let engine = super::engine::engine_for(global);
             let mut out = Vec::new();
-            for spec in &args.images {
-                out.push(inspect(&store, &store.resolve(spec)?)?);
+            for name in &args.images {
+                if args.kind != Some(InspectType::Image) {
+                    match engine.inspect(name) {
+                        Ok(container) => {
+                            out.push(container);
+                            continue;
+                        }
+                        Err(EngineError::NoSuchContainer(_)) if args.kind.is_none() => {}
+                        Err(err) => return Err(err.into()),
+                    }
+                }
+                out.push(inspect(&store, &store.resolve(name)?)?);
             }
             println!("{}", serde_json::to_string_pretty(&out)?);
         }
@@ -124,16 +136,30 @@ fn bundle(store: &ImageStore, args: BundleArgs) -> CommandResult {
 }
 
 /// Turns the shared spec flags into [`SpecOptions`].
-pub fn spec_options(args: &SpecArgs) -> Result<SpecOptions, Box<dyn std::error::Error>> {
+pub fn spec_options(args: &SpecArgs) -> Result<SpecOptions, SpecError> {
     let mut seccomp_unconfined = false;
+    let mut seccomp_profile = None;
+    let mut no_new_privileges = None;
     for opt in &args.security_opt {
-        match opt.as_str() {
-            "seccomp=unconfined" | "seccomp:unconfined" => seccomp_unconfined = true,
-            other => {
-                return Err(format!(
-                    "unsupported --security-opt {other:?} (supported: seccomp=unconfined)"
-                )
-                .into());
+        let (key, value) = opt
+            .split_once(['=', ':'])
+            .map_or((opt.as_str(), None), |(k, v)| (k, Some(v)));
+        match (key, value) {
+            ("seccomp", Some("unconfined")) => seccomp_unconfined = true,
+            ("seccomp", Some(path)) if !path.is_empty() => {
+                seccomp_profile = Some(PathBuf::from(path));
+            }
+            ("no-new-privileges", None | Some("true")) => no_new_privileges = Some(true),
+            ("no-new-privileges", Some("false")) => no_new_privileges = Some(false),
+            // Neither SELinux nor AppArmor is applied: asking for none of them is fine.
+            ("label", Some("disable")) | ("apparmor", Some("unconfined")) => {}
+            _ => {
+                return Err(SpecError::Invalid {
+                    what: "--security-opt",
+                    value: opt.clone(),
+                    reason: "supported: seccomp=unconfined, seccomp=PROFILE.json, \
+                             no-new-privileges[=true|false]",
+                });
             }
         }
     }
@@ -156,6 +182,8 @@ pub fn spec_options(args: &SpecArgs) -> Result<SpecOptions, Box<dyn std::error::
         cap_add: args.cap_add.clone(),
         cap_drop: args.cap_drop.clone(),
         seccomp_unconfined,
+        seccomp_profile,
+        no_new_privileges,
         ulimits: args.ulimit.clone(),
         annotations: Default::default(),
     })
@@ -203,17 +231,8 @@ fn list_images(store: &ImageStore, args: &ImagesArgs) -> CommandResult {
             ]);
         }
     }
-    let widths: Vec<usize> = (0..5)
-        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
-        .collect();
-    for row in rows {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        println!("{}", line.join("   ").trim_end());
-    }
+    let rows: Vec<Vec<String>> = rows.into_iter().map(Vec::from).collect();
+    super::print_table(&rows);
     Ok(())
 }
 

@@ -20,7 +20,8 @@ const KILL_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ContainerBackend;
 
-fn cgroup_of(record: &ContainerRecord) -> Result<Option<Cgroup>, BackendError> {
+/// The container's cgroup as recorded (None: it has none).
+pub(crate) fn cgroup_of(record: &ContainerRecord) -> Result<Option<Cgroup>, BackendError> {
     record
         .cgroup_path
         .as_deref()
@@ -38,19 +39,44 @@ fn freezer_cgroup(record: &ContainerRecord, operation: &str) -> Result<Cgroup, B
     })
 }
 
-impl ContainerBackend {
-    fn create_cgroup(path: &Path, spec: &Spec) -> Result<Cgroup, BackendError> {
-        let cgroup = Cgroup::discover(path)?;
-        cgroup.create()?;
-        tracing::debug!(path = %path.display(), "cgroup created");
-        let resources = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
-        if let Some(resources) = resources
-            && let Err(err) = cgroup.apply(resources)
-        {
-            let _ = cgroup.remove();
-            return Err(err.into());
+fn create_cgroup(path: &Path, spec: &Spec) -> Result<Cgroup, BackendError> {
+    let cgroup = Cgroup::discover(path)?;
+    cgroup.create()?;
+    tracing::debug!(path = %path.display(), "cgroup created");
+    let resources = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
+    if let Some(resources) = resources
+        && let Err(err) = cgroup.apply(resources)
+    {
+        let _ = cgroup.remove();
+        return Err(err.into());
+    }
+    Ok(cgroup)
+}
+
+/// Creates the cgroup at `cgroup_path` with the spec's resources and starts the init of
+/// `spec` in it (see [`spawn_init`]); on error removes what it made. The VM backend starts
+/// its jailed VMM with this too.
+pub(crate) fn create_init(
+    spec: &Spec,
+    rootfs: &Path,
+    cgroup_path: Option<&Path>,
+    options: InitOptions,
+    observer: &mut dyn SetupObserver,
+) -> Result<i32, BackendError> {
+    let cgroup = cgroup_path
+        .map(|path| create_cgroup(path, spec))
+        .transpose()?;
+    let result = InitSetup::new(spec, rootfs, cgroup.as_ref(), options)
+        .and_then(|setup| spawn_init(setup, cgroup.as_ref(), observer));
+    match result {
+        Ok(pid) => Ok(pid),
+        Err(err) => {
+            if let Some(cgroup) = &cgroup {
+                let _ = cgroup.kill_all(KILL_TIMEOUT);
+                let _ = cgroup.remove();
+            }
+            Err(err.into())
         }
-        Ok(cgroup)
     }
 }
 
@@ -64,15 +90,11 @@ impl Backend for ContainerBackend {
         request: CreateRequest<'_>,
         observer: &mut dyn SetupObserver,
     ) -> Result<i32, BackendError> {
-        let cgroup = request
-            .cgroup_path
-            .map(|path| Self::create_cgroup(path, request.spec))
-            .transpose()?;
         let options = request.options;
-        let result = InitSetup::new(
+        create_init(
             request.spec,
             request.rootfs,
-            cgroup.as_ref(),
+            request.cgroup_path,
             InitOptions {
                 no_pivot: options.no_pivot,
                 session_keyring: (!options.no_new_keyring).then(|| format!("_ses.{}", request.id)),
@@ -81,18 +103,8 @@ impl Backend for ContainerBackend {
                 preserve_fds: options.preserve_fds,
                 stdio: options.stdio,
             },
+            observer,
         )
-        .and_then(|setup| spawn_init(setup, cgroup.as_ref(), observer));
-        match result {
-            Ok(pid) => Ok(pid),
-            Err(err) => {
-                if let Some(cgroup) = &cgroup {
-                    let _ = cgroup.kill_all(KILL_TIMEOUT);
-                    let _ = cgroup.remove();
-                }
-                Err(err.into())
-            }
-        }
     }
 
     fn signal(&self, record: &ContainerRecord, signal: i32, all: bool) -> Result<(), BackendError> {

@@ -115,7 +115,7 @@ impl ImageStore {
 
 /// Mounts overlayfs at `target`. Lower directories are passed as `/proc/self/fd/N` paths so
 /// the option string stays short for images with many layers.
-fn mount_overlay(
+pub(crate) fn mount_overlay(
     layers: &[PathBuf],
     upper: &Path,
     work: &Path,

@@ -325,7 +325,16 @@ impl ImageStore {
         }
     }
 
-    fn write_json<T: Serialize>(&self, name: &str, value: &T) -> Result<(), ImageError> {
+    /// Replaces index file `name` atomically. `durable`: fsync before the rename, for what
+    /// must survive a power loss (the image index). The container index is not synced: it
+    /// describes containers, which do not survive a reboot anyway, and it is written twice
+    /// per `run --rm`.
+    fn write_json<T: Serialize>(
+        &self,
+        name: &str,
+        value: &T,
+        durable: bool,
+    ) -> Result<(), ImageError> {
         let path = self.root.join(name);
         let data = serde_json::to_vec_pretty(value).expect("store records serialize");
         let mut tmp = tempfile::Builder::new()
@@ -334,9 +343,11 @@ impl ImageStore {
             .map_err(|e| ImageError::io(&path, "staging", e))?;
         tmp.write_all(&data)
             .map_err(|e| ImageError::io(&path, "writing", e))?;
-        tmp.as_file()
-            .sync_all()
-            .map_err(|e| ImageError::io(&path, "syncing", e))?;
+        if durable {
+            tmp.as_file()
+                .sync_all()
+                .map_err(|e| ImageError::io(&path, "syncing", e))?;
+        }
         tmp.persist(&path)
             .map_err(|e| ImageError::io(&path, "renaming into place", e.error))?;
         Ok(())
@@ -376,7 +387,7 @@ impl ImageStore {
         } else {
             index.images.push(image.clone());
         }
-        self.write_json("images.json", &index)?;
+        self.write_json("images.json", &index, true)?;
         Ok(image)
     }
 
@@ -407,7 +418,7 @@ impl ImageStore {
                     .find(|i| i.manifest == image.manifest)
                     .expect("found above");
                 entry.names.retain(|n| *n != name);
-                self.write_json("images.json", &index)?;
+                self.write_json("images.json", &index, true)?;
                 return Ok(vec![format!("Untagged: {name}")]);
             }
             let containers: ContainerIndex = self.read_json("containers.json")?;
@@ -424,7 +435,7 @@ impl ImageStore {
                 });
             }
             index.images.retain(|i| i.manifest != image.manifest);
-            self.write_json("images.json", &index)?;
+            self.write_json("images.json", &index, true)?;
             report.extend(image.names.iter().map(|n| format!("Untagged: {n}")));
             report.push(format!("Deleted: {}", image.id));
         }
@@ -543,7 +554,7 @@ impl ImageStore {
                 layers: image.diff_ids(),
             },
         );
-        self.write_json("containers.json", &index)
+        self.write_json("containers.json", &index, false)
     }
 
     /// Forgets container `id`.
@@ -551,7 +562,7 @@ impl ImageStore {
         let _index = self.lock_index()?;
         let mut index: ContainerIndex = self.read_json("containers.json")?;
         if index.containers.remove(id).is_some() {
-            self.write_json("containers.json", &index)?;
+            self.write_json("containers.json", &index, false)?;
         }
         Ok(())
     }
@@ -592,6 +603,12 @@ fn find_image<'a>(images: &'a [Image], spec: &str) -> Result<&'a Image, ImageErr
             .iter()
             .find(|i| i.id == digest || i.manifest == digest)
             .ok_or_else(not_found);
+    }
+    // The common case first, without the reference grammar's costly regular expression.
+    if let Some(name) = reference::normalize_simple(spec)
+        && let Some(image) = images.iter().find(|i| i.names.contains(&name))
+    {
+        return Ok(image);
     }
     if let Some(name) = reference::normalize_name(spec) {
         if let Some(image) = images

@@ -6,7 +6,7 @@
 mod signals;
 pub mod tty;
 
-pub use signals::{forward_signals_to, parse_signal, wait_for_exit};
+pub use signals::{forward_signals_to, hold_signals, parse_signal, wait_for_exit};
 
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
@@ -116,6 +116,7 @@ pub struct ContainerBuilder {
     isolation: Option<BackendKind>,
     argv0: Option<String>,
     systemd_cgroup: bool,
+    spec: Option<Spec>,
     options: CreateOptions,
 }
 
@@ -131,8 +132,16 @@ impl ContainerBuilder {
             isolation: None,
             argv0: None,
             systemd_cgroup: false,
+            spec: None,
             options: CreateOptions::default(),
         }
+    }
+
+    /// The container's config, instead of reading `bundle/config.json` (root.path is still
+    /// relative to the bundle).
+    pub fn spec(mut self, spec: Spec) -> Self {
+        self.spec = Some(spec);
+        self
     }
 
     /// Writes the init's pid here once created.
@@ -200,7 +209,16 @@ impl ContainerBuilder {
     pub fn create(mut self) -> Result<Container, LifecycleError> {
         crate::state::validate_id(&self.id)?;
         let bundle = std::path::absolute(&self.bundle).unwrap_or(self.bundle.clone());
-        let (spec, config_bytes) = load_bundle_spec(&bundle)?;
+        let (spec, config_bytes) = match self.spec.take() {
+            Some(spec) => {
+                let bytes = serde_json::to_vec(&spec).map_err(|e| LifecycleError::Bundle {
+                    bundle: bundle.clone(),
+                    reason: format!("the config does not serialize: {e}"),
+                })?;
+                (spec, bytes)
+            }
+            None => load_bundle_spec(&bundle)?,
+        };
         let root_path = spec
             .root()
             .as_ref()
@@ -251,6 +269,7 @@ impl ContainerBuilder {
             self.options.console_socket = console;
         }
         tracing::debug!(id = %self.id, backend = %kind, "creating container");
+        self.root.use_seccomp_cache();
         let dir = self.root.create_container_dir(&self.id)?;
         let mut record = ContainerRecord {
             oci_version: spec.version().clone(),
@@ -270,6 +289,7 @@ impl ContainerBuilder {
             backend: kind,
             cgroup_path: Some(cgroup.path.clone()),
             owner: owner_name(),
+            state_dir: dir.clone(),
         };
         let result = self.create_in(
             &dir,
@@ -326,6 +346,7 @@ impl ContainerBuilder {
                 rootfs,
                 cgroup_path: cgroup_path.as_deref(),
                 exec_fifo: fifo,
+                state_dir: dir,
                 options,
             },
             &mut observer,
@@ -571,6 +592,7 @@ impl Container {
             });
         }
         let spec = self.spec()?.clone();
+        self.root.use_seccomp_cache();
         Ok(self.backend.exec(&self.record, &spec, process, options)?)
     }
 

@@ -77,18 +77,44 @@ pub fn parse_signal(text: &str) -> Result<i32, String> {
 
 static FORWARD_TO: AtomicI32 = AtomicI32::new(0);
 
+/// A signal that arrived while there was no process to forward it to yet.
+static PENDING: AtomicI32 = AtomicI32::new(0);
+
 extern "C" fn forward(signal: libc::c_int) {
     let pid = FORWARD_TO.load(Ordering::Relaxed);
     if pid > 0 {
         // SAFETY: kill(2) is async-signal-safe.
         unsafe { libc::kill(pid, signal) };
+    } else if signal != libc::SIGWINCH {
+        PENDING.store(signal, Ordering::Relaxed);
     }
 }
 
+/// Holds the signals [`forward_signals_to`] forwards until there is a process to forward
+/// them to: a Ctrl-C or SIGTERM while a foreground container is being set up reaches the
+/// container as soon as it exists, instead of killing twinbox half-way (which would leave
+/// the container behind).
+pub fn hold_signals() {
+    forward_signals_to(0);
+}
+
 /// Forwards the signals a terminal or supervisor sends (INT, TERM, HUP, QUIT, USR1, USR2,
-/// WINCH) to `pid` from now on.
+/// WINCH) to `pid` from now on, starting with one that arrived while they were held.
 pub fn forward_signals_to(pid: i32) {
     FORWARD_TO.store(pid, Ordering::Relaxed);
+    install_forwarding();
+    let pending = if pid > 0 {
+        PENDING.swap(0, Ordering::Relaxed)
+    } else {
+        0
+    };
+    if pending != 0 {
+        // SAFETY: kill(2) with plain integers.
+        unsafe { libc::kill(pid, pending) };
+    }
+}
+
+fn install_forwarding() {
     for signal in [
         libc::SIGINT,
         libc::SIGTERM,

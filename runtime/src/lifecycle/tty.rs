@@ -2,10 +2,9 @@
 //! container's pty master itself and relays it to its own terminal.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
-use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
 use nix::sys::termios::{self, SetArg, Termios};
 
 /// A connected socket pair: twinbox keeps the first end, the container gets the second as its
@@ -17,27 +16,7 @@ pub fn console_pair() -> io::Result<(UnixStream, OwnedFd)> {
 
 /// Receives the pty master sent with SCM_RIGHTS on `socket`.
 pub fn receive_pty_master(socket: &UnixStream) -> io::Result<OwnedFd> {
-    let mut name = [0u8; 256];
-    let mut iov = [io::IoSliceMut::new(&mut name)];
-    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-    let msg = recvmsg::<()>(
-        socket.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )?;
-    for cmsg in msg.cmsgs()? {
-        if let ControlMessageOwned::ScmRights(fds) = cmsg
-            && let Some(fd) = fds.first()
-        {
-            // SAFETY: the kernel just installed this fd for us; nobody else owns it.
-            return Ok(unsafe { OwnedFd::from_raw_fd(*fd) });
-        }
-    }
-    Err(io::Error::new(
-        io::ErrorKind::InvalidData,
-        "the console socket message carried no file descriptor",
-    ))
+    twinbox_sandbox::launch::receive_fd(socket.as_fd())
 }
 
 /// Puts the caller's terminal in raw mode until dropped.

@@ -52,6 +52,16 @@ pub const READONLY_PATHS: &[&str] = &[
     "/proc/sysrq-trigger",
 ];
 
+/// [`MASKED_PATHS`] as a spec wants them.
+pub fn masked_paths() -> Vec<String> {
+    MASKED_PATHS.iter().map(|p| p.to_string()).collect()
+}
+
+/// [`READONLY_PATHS`] as a spec wants them.
+pub fn readonly_paths() -> Vec<String> {
+    READONLY_PATHS.iter().map(|p| p.to_string()).collect()
+}
+
 fn mount(destination: &str, typ: &str, source: &str, options: &[&str]) -> Result<Mount, SpecError> {
     MountBuilder::default()
         .destination(destination)

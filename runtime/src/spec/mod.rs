@@ -8,6 +8,7 @@
 
 pub mod bundle;
 pub mod defaults;
+pub mod profile;
 pub mod seccomp;
 pub mod user;
 
@@ -45,6 +46,14 @@ pub enum SpecError {
         /// What is expected.
         reason: &'static str,
     },
+    /// A seccomp profile file that cannot be used.
+    #[error("seccomp profile {path}: {reason}")]
+    Profile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A spec field that the builder rejected.
     #[error("building the runtime spec: {0}")]
     Build(String),
@@ -81,6 +90,11 @@ pub struct SpecOptions {
     pub cap_drop: Vec<String>,
     /// No seccomp filter (`--security-opt seccomp=unconfined`).
     pub seccomp_unconfined: bool,
+    /// A seccomp profile file (OCI or Docker JSON) instead of the default profile
+    /// (`--security-opt seccomp=PROFILE.json`).
+    pub seccomp_profile: Option<std::path::PathBuf>,
+    /// `no_new_privileges` of the process (default: true, unlike Docker).
+    pub no_new_privileges: Option<bool>,
     /// Resource limits, `TYPE=SOFT[:HARD]` (e.g. `nofile=1024:2048`), replacing defaults.
     pub ulimits: Vec<String>,
     /// Extra annotations.
@@ -213,7 +227,7 @@ pub fn from_image(
         .cwd(cwd)
         .capabilities(capabilities)
         .rlimits(rlimits(&options.ulimits)?)
-        .no_new_privileges(true)
+        .no_new_privileges(options.no_new_privileges.unwrap_or(true))
         .build()
         .map_err(SpecError::build)?;
 
@@ -221,20 +235,13 @@ pub fn from_image(
         .namespaces(defaults::namespaces()?)
         .devices(defaults::devices()?)
         .resources(defaults::device_cgroup()?)
-        .masked_paths(
-            defaults::MASKED_PATHS
-                .iter()
-                .map(|p| p.to_string())
-                .collect::<Vec<_>>(),
-        )
-        .readonly_paths(
-            defaults::READONLY_PATHS
-                .iter()
-                .map(|p| p.to_string())
-                .collect::<Vec<_>>(),
-        );
+        .masked_paths(defaults::masked_paths())
+        .readonly_paths(defaults::readonly_paths());
     if !options.seccomp_unconfined {
-        linux = linux.seccomp(seccomp::default_profile(&caps)?);
+        linux = linux.seccomp(match &options.seccomp_profile {
+            Some(path) => profile::load(path, &caps)?,
+            None => seccomp::default_profile(&caps)?,
+        });
     }
 
     let mut annotations: HashMap<String, String> = config.labels().clone().unwrap_or_default();

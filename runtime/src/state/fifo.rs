@@ -18,10 +18,13 @@ pub struct ExecFifo {
 }
 
 impl ExecFifo {
+    /// The fifo's name in the container directory.
+    pub const FILE_NAME: &str = "exec.fifo";
+
     /// The fifo in container directory `dir`.
     pub fn in_dir(dir: &Path) -> Self {
         ExecFifo {
-            path: dir.join("exec.fifo"),
+            path: dir.join(Self::FILE_NAME),
         }
     }
 

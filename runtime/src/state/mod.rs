@@ -32,9 +32,7 @@ pub enum StateError {
     #[error("container with id \"{0}\" already exists")]
     Exists(String),
     /// The id cannot be used as a directory name.
-    #[error(
-        "invalid container id {0:?}: use letters, digits, '_', '+', '-' and '.' (not only dots)"
-    )]
+    #[error("invalid container id {0:?}: use letters, digits, '_', '+', '-' and '.' (not first)")]
     InvalidId(String),
     /// Reading or writing the run root failed.
     #[error("{action} {path}: {source}")]
@@ -68,14 +66,15 @@ fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StateE
     }
 }
 
-/// Checks a container id (runc's rule: `^[\w+\-.]+$`, not "." or "..").
+/// Checks a container id (runc's rule: `^[\w+\-.]+$`), not starting with '.' (entries of
+/// the run root that start with a dot are twinbox's own, such as the name index).
 pub fn validate_id(id: &str) -> Result<(), StateError> {
     let valid = !id.is_empty()
         && id.len() <= 1024
         && id
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '+' | '-' | '.'))
-        && !id.chars().all(|c| c == '.');
+        && !id.starts_with('.');
     if valid {
         Ok(())
     } else {
@@ -173,6 +172,9 @@ pub struct ContainerRecord {
     pub cgroup_path: Option<PathBuf>,
     /// The user who created it.
     pub owner: String,
+    /// The container's state directory.
+    #[serde(default)]
+    pub state_dir: PathBuf,
 }
 
 impl ContainerRecord {
@@ -274,7 +276,7 @@ impl RunRoot {
         serde_json::from_slice(&text).map_err(|source| StateError::Corrupt { path, source })
     }
 
-    /// Ids of every container directory, sorted.
+    /// Ids of every container directory, sorted (dot entries are not containers).
     pub fn ids(&self) -> Result<Vec<String>, StateError> {
         let entries = match fs::read_dir(&self.dir) {
             Ok(entries) => entries,
@@ -285,9 +287,16 @@ impl RunRoot {
             .flatten()
             .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
             .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|name| !name.starts_with('.'))
             .collect();
         ids.sort();
         Ok(ids)
+    }
+
+    /// Lets the sandbox keep compiled seccomp programs under `.seccomp/` here (the run root is
+    /// its owner's only, and on tmpfs by default, so the cache starts empty at boot).
+    pub fn use_seccomp_cache(&self) {
+        twinbox_sandbox::seccomp::set_cache_dir(Some(self.dir.join(".seccomp")));
     }
 
     /// Removes the container's directory and everything in it.
@@ -344,6 +353,7 @@ mod tests {
             backend: BackendKind::Container,
             cgroup_path: Some("/twinbox/x".into()),
             owner: "root".into(),
+            state_dir: format!("/run/twinbox/{id}").into(),
         }
     }
 
@@ -372,7 +382,7 @@ mod tests {
 
     #[test]
     fn ids_that_could_escape_the_root_are_refused() {
-        for bad in ["", ".", "..", "a/b", "../x", "a b"] {
+        for bad in ["", ".", "..", "a/b", "../x", "a b", ".names"] {
             assert!(validate_id(bad).is_err(), "{bad:?}");
         }
         for good in ["abc", "a.b_c-d+e", "0123456789abcdef"] {

@@ -11,6 +11,12 @@ use std::path::Path;
 /// With `reboot=t` on the kernel command line, `reboot -f` makes the L2 VMM exit; without
 /// ACPI, `poweroff -f` only halts the guest.
 pub fn l2_initramfs(init: &str) -> Result<Vec<u8>, CpioError> {
+    l2_initramfs_with(init, &[])
+}
+
+/// [`l2_initramfs`] plus host files at guest paths, e.g. a static test tool at
+/// `/bin/vsock-echo`.
+pub fn l2_initramfs_with(init: &str, files: &[(&str, &Path)]) -> Result<Vec<u8>, CpioError> {
     let mut cpio = CpioWriter::new(Vec::new());
     cpio.char_device("/dev/console", 0o600, 5, 1)?;
     for dir in ["/proc", "/sys", "/tmp", "/mnt"] {
@@ -25,6 +31,9 @@ pub fn l2_initramfs(init: &str) -> Result<Vec<u8>, CpioError> {
         cpio.symlink(&format!("/bin/{applet}"), "busybox")?;
     }
     cpio.file("/init", 0o755, init.as_bytes())?;
+    for (guest_path, host) in files {
+        cpio.host_file(guest_path, host)?;
+    }
     cpio.finish()
 }
 
@@ -68,6 +77,12 @@ impl QemuMicrovm {
         self.cmdline.push(' ');
         self.cmdline.push_str(words);
         self
+    }
+
+    /// The kernel command line (without the device entries QEMU appends), e.g. to give
+    /// another VMM the same one.
+    pub fn cmdline(&self) -> &str {
+        &self.cmdline
     }
 
     /// Number of vCPUs.

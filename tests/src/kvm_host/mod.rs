@@ -24,8 +24,8 @@ mod l2;
 mod steps;
 
 pub use assets::L1Assets;
-pub use job::{Job, JobOutput};
-pub use l2::{QemuMicrovm, l2_initramfs};
+pub use job::{Job, JobOutput, without_debug_info};
+pub use l2::{QemuMicrovm, l2_initramfs, l2_initramfs_with};
 pub use steps::{Step, StepScript, shell_quote};
 
 use std::sync::OnceLock;

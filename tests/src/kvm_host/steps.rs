@@ -143,6 +143,24 @@ impl JobOutput {
             })
     }
 
+    /// The output of step `name`, for tests: panics with the reason unless the step exited
+    /// with status 0 and printed each of `markers` on a line of its own (e.g. an L2 init's
+    /// first and last lines, proving the guest ran its init to the end).
+    pub fn completed_step(&self, name: &str, markers: &[&str]) -> String {
+        let step = self
+            .step(name)
+            .and_then(Step::check)
+            .unwrap_or_else(|e| panic!("{e}"));
+        for marker in markers {
+            assert!(
+                step.output.lines().any(|line| line.trim() == *marker),
+                "step '{name}' did not print {marker}:\n{}",
+                step.output
+            );
+        }
+        step.output
+    }
+
     fn find_step(&self, name: &str) -> Option<Step> {
         let begin = format!("{BEGIN}{name}\n");
         let start = self.output.find(&begin)? + begin.len();

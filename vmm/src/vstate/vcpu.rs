@@ -10,6 +10,7 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
+use crate::arch::x86_64::regs::TripleFault;
 use crate::arch::x86_64::{BootProtocol, cpuid, interrupts, regs};
 use crate::devices::bus::Bus;
 use crate::exit::{ExitReason, StopCause, StopSignal};
@@ -101,6 +102,8 @@ pub struct Vcpu {
     pio_bus: Arc<Bus>,
     mmio_bus: Arc<Bus>,
     stop: Arc<StopSignal>,
+    /// The guest was told to reset by triple fault (`reboot=t`).
+    resets_by_triple_fault: bool,
 }
 
 impl std::fmt::Debug for Vcpu {
@@ -118,6 +121,22 @@ pub struct VcpuBoot {
     pub protocol: BootProtocol,
     /// Number of vCPUs in the VM.
     pub count: u8,
+    /// The guest's command line asks it to reset by triple fault (see
+    /// [`resets_by_triple_fault`]): a triple fault whose cause KVM erased is then taken
+    /// for that reset rather than for a crash.
+    pub resets_by_triple_fault: bool,
+}
+
+/// Whether a Linux command line makes the guest reset by triple fault: its last `reboot=`
+/// option that picks a method (`b`ios, `a`cpi, `k`bd, `t`riple, `e`fi, `p`ci) is `t`.
+pub fn resets_by_triple_fault(cmdline: &str) -> bool {
+    cmdline
+        .split_ascii_whitespace()
+        .filter_map(|arg| arg.strip_prefix("reboot="))
+        .flat_map(|options| options.split(','))
+        .filter_map(|option| option.chars().next())
+        .rfind(|method| "bakept".contains(*method))
+        == Some('t')
 }
 
 impl Vcpu {
@@ -139,6 +158,7 @@ impl Vcpu {
             pio_bus,
             mmio_bus,
             stop,
+            resets_by_triple_fault: false,
         })
     }
 
@@ -151,6 +171,7 @@ impl Vcpu {
         boot: VcpuBoot,
     ) -> Result<(), VcpuError> {
         let index = self.index;
+        self.resets_by_triple_fault = boot.resets_by_triple_fault;
         let mut cpuid = vm.supported_cpuid().clone();
         cpuid::normalize(&mut cpuid, index, boot.count);
         self.fd
@@ -185,6 +206,47 @@ impl Vcpu {
         self
     }
 
+    /// Tells a guest's deliberate reset by triple fault from a crash (`KVM_EXIT_SHUTDOWN`).
+    fn triple_fault(&self) -> StopCause {
+        let index = self.index;
+        let state = self
+            .fd
+            .get_regs()
+            .and_then(|r| Ok((r, self.fd.get_sregs()?)));
+        let kind = match &state {
+            Ok((regs, sregs)) => regs::classify_triple_fault(regs, sregs),
+            Err(error) => {
+                tracing::warn!(
+                    "vcpu{index}: cannot read the registers after a triple fault: {error}"
+                );
+                TripleFault::StateLost
+            }
+        };
+        const HINT: &str = "its kernel crashed (often early in boot: run it with --console \
+            and earlyprintk=serial to see how far it got)";
+        match kind {
+            TripleFault::Reset => {
+                tracing::debug!("vcpu{index}: the guest reset by triple fault (empty IDT)");
+                StopCause::Exit(ExitReason::Reboot)
+            }
+            TripleFault::StateLost if self.resets_by_triple_fault => {
+                tracing::info!(
+                    "vcpu{index}: the guest triple-faulted, as reboot=t makes it reset; this \
+                     host's KVM does not keep the vCPU state, so a crash would look the same"
+                );
+                StopCause::Exit(ExitReason::Reboot)
+            }
+            TripleFault::StateLost => StopCause::Error(format!(
+                "vcpu{index}: the guest triple-faulted without being asked to reset that way \
+                 (its command line has no reboot=t): {HINT}"
+            )),
+            TripleFault::Crash(place) => StopCause::Error(format!(
+                "vcpu{index}: the guest triple-faulted {place} with a live IDT, which is no \
+                 reset: {HINT}"
+            )),
+        }
+    }
+
     /// Runs the guest until one exit; returns a stop cause when the VM must end.
     fn run_once(&mut self) -> Option<StopCause> {
         let index = self.index;
@@ -214,10 +276,7 @@ impl Vcpu {
                 None
             }
             Ok(VcpuExit::Hlt) => Some(StopCause::Exit(ExitReason::Halt)),
-            Ok(VcpuExit::Shutdown) => {
-                tracing::debug!("vcpu{index}: guest triple fault (reset)");
-                Some(StopCause::Exit(ExitReason::Reboot))
-            }
+            Ok(VcpuExit::Shutdown) => Some(self.triple_fault()),
             Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
                 KVM_SYSTEM_EVENT_SHUTDOWN => Some(StopCause::Exit(ExitReason::Shutdown)),
                 KVM_SYSTEM_EVENT_RESET => Some(StopCause::Exit(ExitReason::Reboot)),
@@ -246,6 +305,29 @@ impl Vcpu {
             Err(error) => Some(StopCause::Error(format!(
                 "vcpu{index}: KVM_RUN failed: {error}"
             ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reboot_option_picks_the_reset_method() {
+        for (cmdline, triple) in [
+            ("console=ttyS0 reboot=t panic=-1", true),
+            ("reboot=triple", true),
+            ("reboot=w,t quiet", true),
+            ("reboot=k", false),
+            ("reboot=t reboot=k", false),
+            ("reboot=t,k", false),
+            ("reboot=k,s,t", true),
+            ("reboot=t,warm,force", true),
+            ("noreboot=t", false),
+            ("", false),
+        ] {
+            assert_eq!(resets_by_triple_fault(cmdline), triple, "{cmdline}");
         }
     }
 }

@@ -251,14 +251,16 @@ impl Cgroup {
             }
             dir.push(part);
             match fs::create_dir(&dir) {
-                Ok(()) => {
-                    if hierarchy.has_controller("cpuset") {
-                        init_cpuset(&dir)?;
-                    }
-                }
+                Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
                 Err(e) => return Err(io_err("creating", &dir)(e)),
+            }
+            // Also when the directory already existed: a concurrent create may have made it
+            // and not yet copied the parent's cpus/mems, and an empty cpuset refuses tasks
+            // (ENOSPC). Copying is idempotent.
+            if hierarchy.has_controller("cpuset") {
+                init_cpuset(&dir)?;
             }
         }
         Ok(true)

@@ -1,5 +1,7 @@
 //! Ctrl-C (and SIGTERM, SIGHUP) during a compare run: the handler only records the request;
 //! the orchestration checks it between steps and unwinds, so every drop guard cleans up.
+//! Tested end to end (`interrupted_density_run_stops_everything` in tests/tests/compare_run.rs):
+//! signal dispositions are process-wide, so a unit test would race the other tests' handlers.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -52,39 +54,5 @@ impl Drop for Handler {
             // SAFETY: restores the disposition that was in place before `install`.
             let _ = unsafe { sigaction(*signal, old) };
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The disposition of SIGHUP now (set and restored to read it).
-    fn sighup_handler() -> SigHandler {
-        let probe = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
-        // SAFETY: installs SIG_IGN and at once puts the previous disposition back.
-        unsafe {
-            let old = sigaction(Signal::SIGHUP, &probe).unwrap();
-            sigaction(Signal::SIGHUP, &old).unwrap();
-            old.handler()
-        }
-    }
-
-    // Raising a signal here would set the process-wide flag under the other tests' feet; the
-    // end-to-end test `interrupted_density_run_stops_everything` presses Ctrl-C for real.
-    #[test]
-    fn installs_the_recorder_and_restores_the_old_disposition() {
-        // Default, or ignored under nohup: whichever it is comes back.
-        let before = sighup_handler();
-        assert!(!matches!(before, SigHandler::Handler(_)));
-        {
-            let _handler = Handler::install();
-            assert!(matches!(sighup_handler(), SigHandler::Handler(_)));
-            assert!(!requested());
-        }
-        assert_eq!(
-            std::mem::discriminant(&sighup_handler()),
-            std::mem::discriminant(&before)
-        );
     }
 }

@@ -179,6 +179,43 @@ fn setup_page_tables(mem: &GuestMemory, sregs: &mut kvm_sregs) -> Result<(), Reg
     Ok(())
 }
 
+/// What a vCPU's state right after a triple fault (`KVM_EXIT_SHUTDOWN`) says about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TripleFault {
+    /// The guest had loaded an empty IDT: the classic way to reset a PC on purpose (Linux
+    /// with `reboot=t` invalidates its IDT and raises an exception).
+    Reset,
+    /// The guest's IDT was live: an exception could not be delivered, so the guest crashed.
+    /// The text says where (RIP, control registers, IDT).
+    Crash(String),
+    /// The vCPU holds its reset state, not the guest's: KVM on AMD SVM re-initializes a
+    /// vCPU when it shuts down, so nothing can be told from it.
+    StateLost,
+}
+
+/// Reads a triple fault from the vCPU's registers and special registers after the exit.
+pub fn classify_triple_fault(regs: &kvm_regs, sregs: &kvm_sregs) -> TripleFault {
+    if sregs.cr0 & X86_CR0_PE == 0 {
+        // Real mode at the reset vector: nothing of the guest is left. (Our guests enter
+        // in protected or long mode, so a guest of ours never triple-faults in real mode.)
+        return TripleFault::StateLost;
+    }
+    if sregs.idt.limit == 0 {
+        return TripleFault::Reset;
+    }
+    TripleFault::Crash(format!(
+        "at RIP {:#x} (RSP {:#x}, CR0 {:#x}, CR2 {:#x}, CR3 {:#x}, CR4 {:#x}, IDT {:#x}+{:#x})",
+        regs.rip,
+        regs.rsp,
+        sregs.cr0,
+        sregs.cr2,
+        sregs.cr3,
+        sregs.cr4,
+        sregs.idt.base,
+        sregs.idt.limit
+    ))
+}
+
 /// Sets the x87/SSE control words to their reset values.
 pub fn setup_fpu(vcpu: &VcpuFd) -> Result<(), RegsError> {
     let fpu = kvm_fpu {
@@ -296,6 +333,37 @@ mod tests {
         assert_eq!(sregs.efer & (EFER_LME | EFER_LMA), EFER_LME | EFER_LMA);
         let code: u64 = mem.read_obj(GuestAddress(BOOT_GDT_START + 8)).unwrap();
         assert_eq!(kvm_segment_from_gdt(code, 1).l, 1);
+    }
+
+    #[test]
+    fn triple_faults_are_told_apart_by_the_idt() {
+        let mem = create_guest_memory(16 << 20, MemoryBacking::Anonymous).unwrap();
+        let mut sregs = kvm_sregs::default();
+        configure_segments_and_sregs(&mem, &mut sregs, BootProtocol::Linux64).unwrap();
+        let regs = kvm_regs {
+            rip: 0xffff_ffff_8100_1234,
+            ..Default::default()
+        };
+        // Our boot IDT (and any live IDT): an undeliverable exception, i.e. a crash.
+        let TripleFault::Crash(place) = classify_triple_fault(&regs, &sregs) else {
+            panic!("a live IDT means a crash");
+        };
+        assert!(place.contains("RIP 0xffffffff81001234"), "{place}");
+        sregs.idt.limit = 0;
+        assert_eq!(classify_triple_fault(&regs, &sregs), TripleFault::Reset);
+        // The architectural INIT state (what AMD SVM leaves behind).
+        let init = kvm_sregs {
+            cr0: 0x6000_0010,
+            ..Default::default()
+        };
+        let reset_vector = kvm_regs {
+            rip: 0xfff0,
+            ..Default::default()
+        };
+        assert_eq!(
+            classify_triple_fault(&reset_vector, &init),
+            TripleFault::StateLost
+        );
     }
 
     #[test]

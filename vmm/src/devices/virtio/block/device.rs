@@ -1,6 +1,7 @@
 //! The virtio-blk device: configuration, features and the request queue.
 
 use std::fs::{File, OpenOptions};
+use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -63,21 +64,21 @@ pub struct Block {
 impl Block {
     /// Opens `path` as a disk; `read_only` opens it O_RDONLY and offers VIRTIO_BLK_F_RO.
     pub fn new(path: &Path, read_only: bool) -> Result<Self, BlockError> {
+        let open_error = |source| BlockError::Open {
+            path: path.to_path_buf(),
+            read_only,
+            source,
+        };
         let disk = OpenOptions::new()
             .read(true)
             .write(!read_only)
             .open(path)
-            .map_err(|source| BlockError::Open {
-                path: path.to_path_buf(),
-                read_only,
-                source,
-            })?;
-        let metadata = disk.metadata().map_err(|source| BlockError::Open {
-            path: path.to_path_buf(),
-            read_only,
-            source,
-        })?;
-        let sectors = metadata.len() / SECTOR_SIZE;
+            .map_err(open_error)?;
+        let metadata = disk.metadata().map_err(open_error)?;
+        // The end offset, not the metadata length: block devices (LVM volumes, loop and
+        // virtio disks) have a metadata length of 0.
+        let size = (&disk).seek(SeekFrom::End(0)).map_err(open_error)?;
+        let sectors = size / SECTOR_SIZE;
         if sectors == 0 {
             return Err(BlockError::Empty(path.to_path_buf()));
         }
@@ -421,6 +422,50 @@ mod tests {
                 .enumerate()
                 .all(|(i, s)| s.iter().all(|b| *b == i as u8))
         );
+    }
+
+    /// A loop device over a temporary image, detached on drop.
+    struct LoopDevice {
+        path: String,
+        _image: tempfile::NamedTempFile,
+    }
+
+    impl LoopDevice {
+        fn new(bytes: usize) -> Self {
+            let image = write_temp(&vec![0x5a; bytes]);
+            let out = std::process::Command::new("losetup")
+                .args(["--find", "--show"])
+                .arg(image.path())
+                .output()
+                .expect("losetup runs");
+            assert!(
+                out.status.success(),
+                "losetup: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            Self {
+                path,
+                _image: image,
+            }
+        }
+    }
+
+    impl Drop for LoopDevice {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("losetup")
+                .args(["--detach", &self.path])
+                .status();
+        }
+    }
+
+    #[test]
+    fn block_devices_are_sized_by_their_end() {
+        let device = LoopDevice::new(3 << 20);
+        for read_only in [true, false] {
+            let block = Block::new(Path::new(&device.path), read_only).unwrap();
+            assert_eq!(block.sectors(), (3 << 20) / SECTOR_SIZE);
+        }
     }
 
     #[test]

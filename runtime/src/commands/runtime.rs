@@ -1,23 +1,29 @@
 //! The runc-compatible OCI runtime commands: each turns its parsed arguments into
-//! [`crate::lifecycle`] calls and returns the process exit code.
+//! [`crate::lifecycle`] calls and returns the process exit code. `run`, `ps`, `kill` and
+//! `exec` also serve the docker-style interface: `run IMAGE` and `ps` without an id go to
+//! [`super::engine`]; `kill` and `exec` address containers by name or id prefix too, and
+//! give containers made by `run IMAGE` docker's defaults.
 
 use std::collections::HashSet;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{Capability, Process};
 
 use crate::backend::ExecOptions;
 use crate::cli::GlobalOpts;
+use crate::cli::engine::ContainerRunArgs;
 use crate::cli::runtime::{
     CreateArgs, CreateFlags, DeleteArgs, ExecArgs, IdArgs, KillArgs, ListArgs, OutputFormat,
     PsArgs, RunArgs, RuntimeCommand, SpecArgs,
 };
+use crate::engine;
 use crate::lifecycle::{
     Container, ContainerBuilder, LifecycleError, forward_signals_to, parse_signal, tty,
     wait_for_exit,
 };
 use crate::logging::report_error;
-use crate::state::{RunRoot, write_pid_file};
+use crate::state::{RunRoot, StateError, write_pid_file};
 
 /// A command failure: the message and the exit code.
 struct Failure {
@@ -44,16 +50,22 @@ type CommandResult = Result<i32, Failure>;
 
 /// Runs one runtime command.
 pub fn run(global: &GlobalOpts, command: RuntimeCommand) -> i32 {
-    let root = RunRoot::new(global.root.as_deref());
+    let root = super::runtime_run_root(global);
     let result = match command {
         RuntimeCommand::Create(args) => create(global, &root, args),
         RuntimeCommand::Start(args) => start(&root, args),
-        RuntimeCommand::Run(args) => run_bundle(global, &root, args),
+        RuntimeCommand::Run(args) => match args.bundle.clone() {
+            None => return super::engine::run(global, *args),
+            Some(bundle) => run_bundle(global, &root, &bundle, *args),
+        },
         RuntimeCommand::State(args) => state(&root, args),
-        RuntimeCommand::Kill(args) => kill(&root, args),
+        RuntimeCommand::Kill(args) => kill(global, &root, args),
         RuntimeCommand::Delete(args) => delete(&root, args),
-        RuntimeCommand::Exec(args) => exec(&root, args),
-        RuntimeCommand::Ps(args) => ps(&root, args),
+        RuntimeCommand::Exec(args) => exec(global, &root, args),
+        RuntimeCommand::Ps(args) => match args.id.clone() {
+            None => return super::engine::ps(global, &args),
+            Some(id) => ps(&root, &id, args),
+        },
         RuntimeCommand::List(args) => list(&root, args),
         RuntimeCommand::Pause(args) => Container::load(root, &args.id)
             .and_then(|c| c.pause())
@@ -110,27 +122,28 @@ fn wants_terminal(bundle: &Path) -> bool {
         .unwrap_or(false)
 }
 
-fn run_bundle(global: &GlobalOpts, root: &RunRoot, args: RunArgs) -> CommandResult {
-    let Some(bundle) = args.bundle else {
+fn run_bundle(global: &GlobalOpts, root: &RunRoot, bundle: &Path, args: RunArgs) -> CommandResult {
+    if args.image != ContainerRunArgs::default() {
         return Err(Failure::from(
-            "`twinbox run IMAGE` (from the image store) is not available yet; to run an OCI \
-             bundle use `twinbox run --bundle DIR ID`"
+            "the docker-style options of `twinbox run IMAGE` (--rm, --name, -e, -v, -i, -t, \
+             --memory, ...) do not apply to `twinbox run --bundle DIR ID`: put them in the \
+             bundle's config.json"
                 .to_string(),
         ));
-    };
+    }
     let [id] = args.args.as_slice() else {
         return Err(Failure::from(format!(
             "`twinbox run --bundle DIR ID` takes exactly one container id, got {:?}",
             args.args
         )));
     };
-    let own_terminal = args.flags.console_socket.is_none() && wants_terminal(&bundle);
+    let own_terminal = args.flags.console_socket.is_none() && wants_terminal(bundle);
     if own_terminal && args.detach {
         return Err(Failure::from(
             "a detached container with process.terminal needs --console-socket".to_string(),
         ));
     }
-    let mut builder = builder(global, root, id, &bundle, args.flags);
+    let mut builder = builder(global, root, id, bundle, args.flags);
     let console = if own_terminal {
         let (ours, theirs) = tty::console_pair().map_err(|e| format!("console socket: {e}"))?;
         builder = builder.console_socket_fd(theirs);
@@ -187,10 +200,53 @@ fn state(root: &RunRoot, args: IdArgs) -> CommandResult {
     Ok(0)
 }
 
-fn kill(root: &RunRoot, args: KillArgs) -> CommandResult {
-    let signal = parse_signal(&args.signal)?;
-    Container::load(root.clone(), &args.id)?.kill(signal, args.all)?;
-    Ok(0)
+/// `kill`: runc's `kill [--all] ID [SIGNAL]` (default SIGTERM, prints nothing), or docker's
+/// `kill [-s SIGNAL] CONTAINER...` (default SIGKILL for containers made by `run IMAGE`,
+/// prints each name).
+fn kill(global: &GlobalOpts, root: &RunRoot, args: KillArgs) -> CommandResult {
+    let names = super::engine::engine_for_run_root(global, root);
+    let (targets, signal, runc_form) = match (&args.signal, args.targets.as_slice()) {
+        (Some(name), targets) => (targets, Some(parse_signal(name)?), false),
+        // runc's positional signal, unless it names a container.
+        (None, [id, signal]) if names.resolve(signal).is_err() => {
+            (std::slice::from_ref(id), Some(parse_signal(signal)?), true)
+        }
+        (None, targets) => (targets, None, false),
+    };
+    let mut failure = None;
+    for target in targets {
+        let result = load_container(global, root, target).and_then(|container| {
+            let made_by_run = is_engine_container(&container);
+            let default = if made_by_run {
+                libc::SIGKILL
+            } else {
+                libc::SIGTERM
+            };
+            container.kill(signal.unwrap_or(default), args.all)?;
+            Ok(made_by_run && !runc_form)
+        });
+        match result {
+            Ok(true) => println!("{target}"),
+            Ok(false) => {}
+            Err(err) => {
+                if let Some(previous) = failure.replace(err) {
+                    report_error(global, &previous.message);
+                }
+            }
+        }
+    }
+    match failure {
+        Some(err) => Err(err),
+        None => Ok(0),
+    }
+}
+
+/// Whether `twinbox run IMAGE` made this container (docker's defaults apply to it).
+fn is_engine_container(container: &Container) -> bool {
+    container
+        .record()
+        .annotations
+        .contains_key(crate::engine::annotations::NAME)
 }
 
 fn delete(root: &RunRoot, args: DeleteArgs) -> CommandResult {
@@ -213,15 +269,51 @@ fn delete(root: &RunRoot, args: DeleteArgs) -> CommandResult {
 }
 
 /// Parses "uid[:gid]".
-fn parse_user(text: &str) -> Result<(u32, Option<u32>), String> {
-    let bad = || format!("--user {text:?}: use numeric uid[:gid]");
+fn parse_user(text: &str) -> Option<(u32, Option<u32>)> {
     let (uid, gid) = match text.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (text, None),
     };
-    let uid = uid.parse().map_err(|_| bad())?;
-    let gid = gid.map(|g| g.parse().map_err(|_| bad())).transpose()?;
-    Ok((uid, gid))
+    let uid = uid.parse().ok()?;
+    let gid = match gid {
+        Some(g) => Some(g.parse().ok()?),
+        None => None,
+    };
+    Some((uid, gid))
+}
+
+/// Sets the user of an exec'd process. Numeric uid[:gid] is taken as given for runtime
+/// containers (as runc); names, and every user of a container made by `run IMAGE`, are
+/// resolved in the container's /etc/passwd and /etc/group with docker's rules (primary and
+/// supplementary groups), and such a process gets the container's capabilities only as root.
+fn set_exec_user(container: &Container, process: &mut Process, user: &str) -> Result<(), Failure> {
+    let mut spec_user = process.user().clone();
+    let docker_rules = is_engine_container(container);
+    match parse_user(user) {
+        Some((uid, gid)) if !docker_rules => {
+            spec_user.set_uid(uid);
+            spec_user.set_gid(gid.unwrap_or(uid));
+        }
+        _ => {
+            let resolved = crate::spec::resolve_user(&container.record().rootfs, user)
+                .map_err(|e| format!("--user {user:?}: {e}"))?;
+            spec_user.set_uid(resolved.uid);
+            spec_user.set_gid(resolved.gid);
+            spec_user.set_additional_gids(Some(resolved.additional_gids));
+            if docker_rules && let Some(mut caps) = process.capabilities().clone() {
+                let held = if resolved.uid == 0 {
+                    caps.bounding().clone()
+                } else {
+                    Some(HashSet::new())
+                };
+                caps.set_effective(held.clone());
+                caps.set_permitted(held);
+                process.set_capabilities(Some(caps));
+            }
+        }
+    }
+    process.set_user(spec_user);
+    Ok(())
 }
 
 /// The process to exec: --process FILE, or the container's process with ARGS and the flags.
@@ -249,7 +341,12 @@ fn exec_process(
     process.set_terminal(Some(args.tty));
     process.set_console_size(None);
     let mut env = process.env().clone().unwrap_or_default();
-    for pair in &args.env {
+    let mut added = Vec::new();
+    for file in &args.env_files {
+        added.extend(engine::parse_env_file(file).map_err(|e| e.to_string())?);
+    }
+    added.extend(engine::complete_env(&args.env));
+    for pair in &added {
         let key = pair.split('=').next().unwrap_or_default();
         env.retain(|e| e.split('=').next() != Some(key));
         env.push(pair.clone());
@@ -259,11 +356,7 @@ fn exec_process(
         process.set_cwd(cwd.clone());
     }
     if let Some(user) = &args.user {
-        let (uid, gid) = parse_user(user)?;
-        let mut spec_user = process.user().clone();
-        spec_user.set_uid(uid);
-        spec_user.set_gid(gid.unwrap_or(uid));
-        process.set_user(spec_user);
+        set_exec_user(container, &mut process, user)?;
     }
     if !args.additional_gids.is_empty() {
         let mut spec_user = process.user().clone();
@@ -300,7 +393,21 @@ fn exec_process(
     Ok(process)
 }
 
-fn exec(root: &RunRoot, args: ExecArgs) -> CommandResult {
+/// Loads a container by exact id (runc, with runc's errors), else by name or unique id
+/// prefix (docker).
+fn load_container(global: &GlobalOpts, root: &RunRoot, query: &str) -> Result<Container, Failure> {
+    match Container::load(root.clone(), query) {
+        Err(err @ LifecycleError::State(StateError::NotFound(_))) => {
+            match super::engine::engine_for_run_root(global, root).load(query) {
+                Ok(container) => Ok(container),
+                Err(_) => Err(err.into()),
+            }
+        }
+        other => Ok(other?),
+    }
+}
+
+fn exec(global: &GlobalOpts, root: &RunRoot, args: ExecArgs) -> CommandResult {
     let (id, command) = args
         .args
         .split_first()
@@ -312,13 +419,38 @@ fn exec(root: &RunRoot, args: ExecArgs) -> CommandResult {
             "twinbox does not support SELinux labels or AppArmor profiles".to_string(),
         ));
     }
-    let mut container = Container::load(root.clone(), id)?;
+    let mut container = load_container(global, root, id)?;
     let process = exec_process(&mut container, &args, command)?;
     let terminal = process.terminal().unwrap_or(false);
     let mut options = ExecOptions {
         preserve_fds: args.preserve_fds,
         ..ExecOptions::default()
     };
+    if is_engine_container(&container) && !terminal {
+        // docker exec: stdin only with -i, no output when detached.
+        let stdio = |fd| -> Result<OwnedFd, Failure> {
+            let null = if fd == 0 {
+                !args.interactive
+            } else {
+                args.detach
+            };
+            let file = if null {
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open("/dev/null")
+            } else {
+                // SAFETY: our standard streams stay open for the life of the process.
+                unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
+                    .try_clone_to_owned()
+                    .map(std::fs::File::from)
+            };
+            Ok(file
+                .map_err(|e| format!("setting up the exec's stdio: {e}"))?
+                .into())
+        };
+        options.stdio = Some([stdio(0)?, stdio(1)?, stdio(2)?]);
+    }
     let mut console = None;
     if terminal {
         match &args.console_socket {
@@ -357,8 +489,8 @@ fn exec(root: &RunRoot, args: ExecArgs) -> CommandResult {
     Ok(wait_for_exit(pid).map_err(|e| format!("waiting for the process: {e}"))?)
 }
 
-fn ps(root: &RunRoot, args: PsArgs) -> CommandResult {
-    let container = Container::load(root.clone(), &args.id)?;
+fn ps(root: &RunRoot, id: &str, args: PsArgs) -> CommandResult {
+    let container = Container::load(root.clone(), id)?;
     let pids = container.processes()?;
     if args.format == OutputFormat::Json {
         println!("{}", serde_json::to_string(&pids).unwrap_or_default());
@@ -428,29 +560,18 @@ fn list(root: &RunRoot, args: ListArgs) -> CommandResult {
             ]
         })
         .collect();
-    let header = ["ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER"].map(str::to_string);
-    let widths: Vec<usize> = (0..6)
-        .map(|i| {
-            rows.iter()
-                .chain([&header])
-                .map(|r| r[i].len())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    for row in [&header].into_iter().chain(rows.iter()) {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        println!("{}", line.join("   ").trim_end());
-    }
+    let mut table = vec![
+        ["ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER"]
+            .map(str::to_string)
+            .to_vec(),
+    ];
+    table.extend(rows.into_iter().map(Vec::from));
+    super::print_table(&table);
     Ok(0)
 }
 
 fn features() -> CommandResult {
-    print_json(&crate::runtime_features::features());
+    print_json(&super::features::features());
     Ok(0)
 }
 
@@ -462,7 +583,7 @@ fn spec(args: SpecArgs) -> CommandResult {
             path.display()
         )));
     }
-    let spec = crate::runtime_features::default_spec(args.rootless);
+    let spec = super::features::default_spec(args.rootless);
     let text = serde_json::to_string_pretty(&spec).map_err(|e| e.to_string())?;
     std::fs::write(&path, text + "\n").map_err(|e| format!("writing {}: {e}", path.display()))?;
     Ok(0)

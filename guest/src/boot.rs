@@ -1,0 +1,177 @@
+//! Early boot of the guest: the boot-timer signal, leaving the initramfs for a tmpfs root
+//! (`pivot_root`, which the workload's setup uses, does not work from the initramfs itself),
+//! the API filesystems, and powering off.
+
+use std::path::Path;
+
+use nix::mount::{MsFlags, mount};
+use nix::sys::stat::Mode;
+
+/// The boot timer's MMIO address in twinbox's VMM (Firecracker's protocol).
+const BOOT_TIMER_ADDRESS: libc::off_t = 0xd000_0000;
+/// What the boot timer expects.
+const BOOT_TIMER_MAGIC: u8 = 123;
+
+/// Errors of early boot.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    /// A mount or root switch failed.
+    #[error("{step}: {source}")]
+    Step {
+        /// What was being done.
+        step: String,
+        /// The OS error.
+        source: nix::Error,
+    },
+}
+
+fn step(what: impl Into<String>) -> impl FnOnce(nix::Error) -> BootError {
+    let step = what.into();
+    move |source| BootError::Step { step, source }
+}
+
+/// Tells the VMM's boot timer that the guest reached its init. Best effort: a kernel without
+/// /dev/mem or another VMM simply records nothing.
+pub fn signal_boot_timer() {
+    // SAFETY: open, mmap, a volatile one-byte store into the mapping and munmap; every
+    // result is checked before use and the mapping is private to this function.
+    unsafe {
+        let fd = libc::open(
+            c"/dev/mem".as_ptr(),
+            libc::O_RDWR | libc::O_SYNC | libc::O_CLOEXEC,
+        );
+        if fd < 0 {
+            return;
+        }
+        let page = libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            BOOT_TIMER_ADDRESS,
+        );
+        libc::close(fd);
+        if page == libc::MAP_FAILED {
+            return;
+        }
+        std::ptr::write_volatile(page.cast::<u8>(), BOOT_TIMER_MAGIC);
+        libc::munmap(page, 4096);
+    }
+}
+
+/// Moves the root from the initramfs to a fresh tmpfs and frees the initramfs's files (the
+/// running agent stays mapped).
+pub fn leave_initramfs() -> Result<(), BootError> {
+    let new_root = Path::new("/newroot");
+    nix::unistd::mkdir(new_root, Mode::from_bits_truncate(0o755))
+        .or_else(|e| {
+            if e == nix::Error::EEXIST {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })
+        .map_err(step("creating /newroot"))?;
+    mount(
+        Some("rootfs"),
+        new_root,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID,
+        Some("mode=0755"),
+    )
+    .map_err(step("mounting the tmpfs root"))?;
+    for entry in std::fs::read_dir("/").into_iter().flatten().flatten() {
+        if entry.file_name() != "newroot" {
+            let _ = remove_tree(&entry.path());
+        }
+    }
+    nix::unistd::chdir(new_root).map_err(step("entering the new root"))?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .map_err(step("moving the new root over /"))?;
+    nix::unistd::chroot(".").map_err(step("chroot into the new root"))?;
+    nix::unistd::chdir("/").map_err(step("entering /"))?;
+    Ok(())
+}
+
+fn remove_tree(path: &Path) -> std::io::Result<()> {
+    let meta = std::fs::symlink_metadata(path)?;
+    if meta.is_dir() {
+        std::fs::remove_dir_all(path)
+    } else {
+        std::fs::remove_file(path)
+    }
+}
+
+/// Mounts what the agent and the workload setup need: /proc, /sys, /dev (+pts, shm), /run,
+/// /tmp and the cgroup2 hierarchy.
+pub fn mount_api_filesystems() -> Result<(), BootError> {
+    let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let mounts: [(&str, &str, &str, MsFlags, &str); 8] = [
+        ("proc", "/proc", "proc", nosuid_nodev_noexec, ""),
+        ("sysfs", "/sys", "sysfs", nosuid_nodev_noexec, ""),
+        (
+            "devtmpfs",
+            "/dev",
+            "devtmpfs",
+            MsFlags::MS_NOSUID,
+            "mode=0755",
+        ),
+        (
+            "devpts",
+            "/dev/pts",
+            "devpts",
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            "gid=5,mode=620,ptmxmode=666",
+        ),
+        (
+            "shm",
+            "/dev/shm",
+            "tmpfs",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            "mode=1777",
+        ),
+        (
+            "run",
+            "/run",
+            "tmpfs",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            "mode=0755",
+        ),
+        (
+            "tmp",
+            "/tmp",
+            "tmpfs",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            "mode=1777",
+        ),
+        (
+            "cgroup2",
+            "/sys/fs/cgroup",
+            "cgroup2",
+            nosuid_nodev_noexec,
+            "",
+        ),
+    ];
+    for (source, target, fstype, flags, data) in mounts {
+        std::fs::create_dir_all(target).map_err(|e| {
+            step(format!("creating {target}"))(nix::Error::from_raw(
+                e.raw_os_error().unwrap_or(libc::EIO),
+            ))
+        })?;
+        mount(Some(source), target, Some(fstype), flags, Some(data))
+            .map_err(step(format!("mounting {fstype} on {target}")))?;
+    }
+    Ok(())
+}
+
+/// Flushes the filesystems and resets the machine (the VMM then exits).
+pub fn power_off() -> ! {
+    nix::unistd::sync();
+    // SAFETY: reboot(2) with the restart command; as PID 1 with CAP_SYS_BOOT it does not return
+    // on success.
+    unsafe { libc::reboot(libc::RB_AUTOBOOT) };
+    // Without the capability there is nothing left to do but stop: the kernel panics when
+    // PID 1 exits, which also ends the VM.
+    std::process::exit(1)
+}

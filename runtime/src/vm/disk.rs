@@ -1,0 +1,324 @@
+//! The VM's disks: the read-only root filesystem image (one erofs file per image, shared by
+//! every VM of that image: one file, one host page cache), volume disks (ext4, filled from
+//! the volume's directory), and the optional writable-layer disk.
+//!
+//! Root filesystem images come from the image store (keyed by image id), or, for bundles
+//! that engines hand over as a directory, from that directory, keyed by a cheap but sound
+//! key over its entries' metadata: path, type, mode, owner, size, inode, mtime and ctime
+//! (ctime changes with any change of content or metadata and cannot be set by programs).
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use nix::mount::MntFlags;
+use sha2::Digest as _;
+
+use super::VmError;
+use super::assets::write_atomic_with;
+use crate::image::{Image, ImageStore};
+
+/// Filesystem of the root filesystem images.
+pub const ROOTFS_FSTYPE: &str = "erofs";
+/// Filesystem of volume and writable-layer disks.
+pub const DISK_FSTYPE: &str = "ext4";
+
+/// Free space a volume disk gets beyond its content (the file is sparse: only what the guest
+/// writes takes host space).
+const VOLUME_HEADROOM: u64 = 1 << 30;
+
+/// Runs a filesystem tool; a missing tool names its Debian package.
+fn run_tool(command: &mut Command, package: &str) -> Result<(), VmError> {
+    let program = command.get_program().to_string_lossy().into_owned();
+    let output = command.output().map_err(|source| VmError::Tool {
+        tool: program.clone(),
+        detail: if source.kind() == std::io::ErrorKind::NotFound {
+            format!("it is not installed; install it with `apt-get install {package}`")
+        } else {
+            source.to_string()
+        },
+    })?;
+    if !output.status.success() {
+        return Err(VmError::Tool {
+            tool: program,
+            detail: format!(
+                "{}: {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Builds an erofs image of `source` at `target`.
+fn mkfs_erofs(source: &Path, target: &Path) -> Result<(), VmError> {
+    run_tool(
+        Command::new("mkfs.erofs")
+            .args(["--quiet", "--preserve-mtime"])
+            .arg(target)
+            .arg(source),
+        "erofs-utils",
+    )
+}
+
+/// The cache of root filesystem images under `<store root>/vm`.
+#[derive(Debug, Clone)]
+pub struct DiskCache {
+    root: PathBuf,
+}
+
+impl DiskCache {
+    /// The cache in `root`.
+    pub fn new(root: PathBuf) -> Self {
+        DiskCache { root }
+    }
+
+    /// The cache's directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The root filesystem image of `image` from `store`, built on first use.
+    pub fn image_rootfs(&self, store: &ImageStore, image: &Image) -> Result<PathBuf, VmError> {
+        let path = self
+            .root
+            .join("images")
+            .join(format!("{}.{ROOTFS_FSTYPE}", image.id.hex()));
+        if path.is_file() {
+            return Ok(path);
+        }
+        // Layers stay while the lock is held (gc takes it exclusively).
+        let _lock = store.lock_shared().map_err(VmError::image)?;
+        let layers = store.layer_dirs(image).map_err(VmError::image)?;
+        let staging = store.staging_dir("vm-rootfs").map_err(VmError::image)?;
+        write_atomic_with(&path, |tmp| build_from_layers(&layers, staging.path(), tmp))?;
+        tracing::debug!(image = %image.id, path = %path.display(), "VM root filesystem image built");
+        Ok(path)
+    }
+
+    /// The root filesystem image of the directory `rootfs` (a bundle's), built when its
+    /// content is new.
+    pub fn dir_rootfs(&self, rootfs: &Path) -> Result<PathBuf, VmError> {
+        let key = content_key(rootfs).map_err(VmError::io("reading", rootfs))?;
+        let path = self
+            .root
+            .join("rootfs")
+            .join(format!("{key}.{ROOTFS_FSTYPE}"));
+        if path.is_file() {
+            return Ok(path);
+        }
+        write_atomic_with(&path, |tmp| mkfs_erofs(rootfs, tmp))?;
+        tracing::debug!(rootfs = %rootfs.display(), path = %path.display(), "VM root filesystem image built");
+        Ok(path)
+    }
+}
+
+/// Merges `layers` (bottom first, overlayfs form) with a read-only overlay mount in
+/// `staging` and builds the image from the merged view; copies the layers where overlayfs
+/// is unavailable.
+fn build_from_layers(layers: &[PathBuf], staging: &Path, target: &Path) -> Result<(), VmError> {
+    let merged = staging.join("merged");
+    let upper = staging.join("upper");
+    let work = staging.join("work");
+    for dir in [&merged, &upper, &work] {
+        std::fs::create_dir_all(dir).map_err(VmError::io("creating", dir))?;
+    }
+    match crate::image::rootfs::mount_overlay(layers, &upper, &work, &merged) {
+        Ok(()) => {
+            let result = mkfs_erofs(&merged, target);
+            let _ = nix::mount::umount2(&merged, MntFlags::MNT_DETACH);
+            result
+        }
+        Err(errno) => {
+            tracing::debug!(%errno, "overlayfs unavailable; flattening the layers to build the VM image");
+            let flat = staging.join("flat");
+            crate::image::flatten::flatten(layers, &flat)
+                .map_err(VmError::io("copying the image layers to", &flat))?;
+            mkfs_erofs(&flat, target)
+        }
+    }
+}
+
+/// The content key of the directory tree at `root` (see the module docs).
+pub fn content_key(root: &Path) -> std::io::Result<String> {
+    let mut hash = sha2::Sha256::new();
+    let mut pending = vec![PathBuf::new()];
+    while let Some(dir) = pending.pop() {
+        let mut entries: Vec<_> = std::fs::read_dir(root.join(&dir))?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<Result<_, _>>()?;
+        entries.sort();
+        for name in entries {
+            let relative = dir.join(&name);
+            let path = root.join(&relative);
+            let meta = std::fs::symlink_metadata(&path)?;
+            hash.update(relative.as_os_str().as_encoded_bytes());
+            hash.update([0]);
+            for value in [meta.mode() as u64, meta.uid() as u64, meta.gid() as u64] {
+                hash.update(value.to_le_bytes());
+            }
+            if meta.is_dir() {
+                pending.push(relative);
+                continue;
+            }
+            for value in [
+                meta.size(),
+                meta.ino(),
+                meta.rdev(),
+                meta.mtime() as u64,
+                meta.mtime_nsec() as u64,
+                meta.ctime() as u64,
+                meta.ctime_nsec() as u64,
+            ] {
+                hash.update(value.to_le_bytes());
+            }
+            if meta.file_type().is_symlink() {
+                hash.update(std::fs::read_link(&path)?.as_os_str().as_encoded_bytes());
+            }
+        }
+    }
+    let root_meta = std::fs::metadata(root)?;
+    for value in [root_meta.mode(), root_meta.uid(), root_meta.gid()] {
+        hash.update(value.to_le_bytes());
+    }
+    Ok(hex::encode(&hash.finalize()[..16]))
+}
+
+/// Bytes used by the regular files under `dir` (not following symlinks or mounts).
+fn tree_size(dir: &Path) -> std::io::Result<u64> {
+    let device = std::fs::symlink_metadata(dir)?.dev();
+    let mut total = 0;
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let meta = entry.metadata()?;
+            if meta.dev() != device {
+                continue;
+            }
+            if meta.is_dir() {
+                pending.push(entry.path());
+            } else {
+                total += meta.blocks() * 512;
+            }
+        }
+    }
+    Ok(total)
+}
+
+/// Builds an ext4 disk at `target` holding the files of `source` (owners, modes and times
+/// kept), with room to grow; sparse on the host.
+pub fn volume_disk(source: &Path, target: &Path) -> Result<(), VmError> {
+    let content = tree_size(source).map_err(VmError::io("measuring", source))?;
+    let size = content + content / 4 + VOLUME_HEADROOM;
+    mkfs_ext4(Some(source), target, size)
+}
+
+/// Builds an empty ext4 disk of `size` bytes at `target` (sparse).
+pub fn empty_disk(target: &Path, size: u64) -> Result<(), VmError> {
+    mkfs_ext4(None, target, size)
+}
+
+fn mkfs_ext4(source: Option<&Path>, target: &Path, size: u64) -> Result<(), VmError> {
+    let file = std::fs::File::create(target).map_err(VmError::io("creating", target))?;
+    file.set_len(size).map_err(VmError::io("sizing", target))?;
+    drop(file);
+    let mut command = Command::new("mkfs.ext4");
+    // No journal (a sandbox disk needs no crash consistency beyond the VM's life), lazy inode
+    // tables (the guest mounts with noinit_itable), no reserved blocks.
+    command.args([
+        "-q",
+        "-F",
+        "-O",
+        "^has_journal",
+        "-m",
+        "0",
+        "-E",
+        "lazy_itable_init=1,nodiscard",
+    ]);
+    if let Some(source) = source {
+        command.arg("-d").arg(source);
+    }
+    command.arg(target);
+    run_tool(&mut command, "e2fsprogs")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_keys_follow_content_and_metadata_but_not_the_location() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::write(root.join("etc/config"), "a").unwrap();
+        std::os::unix::fs::symlink("etc/config", root.join("link")).unwrap();
+        let first = content_key(&root).unwrap();
+        assert_eq!(content_key(&root).unwrap(), first, "stable");
+
+        std::fs::write(root.join("etc/config"), "b").unwrap();
+        let edited = content_key(&root).unwrap();
+        assert_ne!(edited, first, "content changes");
+
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(root.join("etc"), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let chmod = content_key(&root).unwrap();
+        assert_ne!(chmod, edited, "a directory's mode counts");
+
+        std::fs::write(root.join("new"), "").unwrap();
+        assert_ne!(content_key(&root).unwrap(), chmod, "new entries count");
+    }
+
+    #[test]
+    fn bundle_rootfs_images_are_cached_by_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let rootfs = dir.path().join("rootfs");
+        std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+        std::fs::write(rootfs.join("bin/tool"), "v1").unwrap();
+        let cache = DiskCache::new(dir.path().join("cache"));
+        let first = cache.dir_rootfs(&rootfs).unwrap();
+        assert!(first.is_file());
+        let modified = std::fs::metadata(&first).unwrap().modified().unwrap();
+        assert_eq!(cache.dir_rootfs(&rootfs).unwrap(), first);
+        assert_eq!(
+            std::fs::metadata(&first).unwrap().modified().unwrap(),
+            modified,
+            "not rebuilt"
+        );
+        std::fs::write(rootfs.join("bin/tool"), "v2").unwrap();
+        assert_ne!(cache.dir_rootfs(&rootfs).unwrap(), first);
+        // The image is erofs holding the file.
+        let magic = std::fs::read(&first).unwrap();
+        assert_eq!(&magic[1024..1028], &0xE0F5_E1E2u32.to_le_bytes());
+    }
+
+    #[test]
+    fn volume_disks_hold_the_directory_and_are_sparse() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("data");
+        std::fs::create_dir_all(source.join("sub")).unwrap();
+        std::fs::write(source.join("sub/file"), "volume content").unwrap();
+        let disk = dir.path().join("volume.img");
+        volume_disk(&source, &disk).unwrap();
+        let meta = std::fs::metadata(&disk).unwrap();
+        assert!(meta.len() >= VOLUME_HEADROOM);
+        assert!(meta.blocks() * 512 < meta.len() / 10, "sparse");
+        let listing = Command::new("debugfs")
+            .args(["-R", "cat /sub/file"])
+            .arg(&disk)
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&listing.stdout), "volume content");
+    }
+
+    #[test]
+    fn missing_tools_name_their_package() {
+        let error = run_tool(&mut Command::new("mkfs.nonexistent-fs"), "some-package").unwrap_err();
+        assert!(
+            error.to_string().contains("apt-get install some-package"),
+            "{error}"
+        );
+    }
+}

@@ -1,0 +1,172 @@
+//! Fixtures for the VM backend's end-to-end tests in the emulated KVM host: OCI bundles made
+//! by the test, and an L1 job that holds twinbox, its guest agent, the guest kernel, the
+//! filesystem tools the backend runs, `twinbox-vm` on the PATH, and podman.
+//!
+//! Container runtimes need a root that `pivot_root` can leave, which L1's initramfs root is
+//! not; the job therefore runs its script in a private mount namespace whose root is a bind
+//! mount of L1's.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::kvm_host::{Job, StepScript};
+
+/// Where the bundles are in L1: `/b/<name>/config.json`, sharing `/b/rootfs`.
+pub const L1_BUNDLES: &str = "/b";
+
+/// A set of bundles that share one busybox root filesystem.
+pub struct Bundles {
+    dir: tempfile::TempDir,
+}
+
+impl Default for Bundles {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Bundles {
+    /// An empty set with the busybox root filesystem.
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir for bundles");
+        crate::busybox_rootfs(&dir.path().join("b/rootfs")).expect("busybox rootfs");
+        Bundles { dir }
+    }
+
+    /// Adds bundle `name` running `args` (no terminal, writable root), with its config then
+    /// changed by `edit`.
+    pub fn add(&mut self, name: &str, args: &[&str], edit: impl FnOnce(&mut Value)) -> &mut Self {
+        let spec = twinbox::commands::features::default_spec(false);
+        let mut config = serde_json::to_value(&spec).expect("spec as JSON");
+        config["root"]["path"] = Value::from("../rootfs");
+        config["root"]["readonly"] = Value::from(false);
+        config["process"]["args"] = args.iter().map(|a| Value::from(*a)).collect();
+        config["process"]["terminal"] = Value::from(false);
+        edit(&mut config);
+        let dir = self.dir.path().join("b").join(name);
+        std::fs::create_dir_all(&dir).expect("bundle dir");
+        std::fs::write(
+            dir.join("config.json"),
+            serde_json::to_vec_pretty(&config).expect("config.json"),
+        )
+        .expect("writing config.json");
+        self
+    }
+
+    /// A tarball of all bundles, to unpack at `/` in L1.
+    pub fn tarball(&self) -> PathBuf {
+        let tarball = self.dir.path().join("bundles.tar");
+        let status = Command::new("tar")
+            .arg("-C")
+            .arg(self.dir.path())
+            .arg("-cf")
+            .arg(&tarball)
+            .arg("b")
+            .status()
+            .expect("tar");
+        assert!(status.success(), "tar of the bundles failed");
+        tarball
+    }
+}
+
+/// A bind mount entry for a bundle's config.
+pub fn bind_mount(source: &str, destination: &str, read_only: bool) -> Value {
+    let mut options = vec!["rbind"];
+    options.push(if read_only { "ro" } else { "rw" });
+    serde_json::json!({
+        "destination": destination,
+        "type": "bind",
+        "source": source,
+        "options": options,
+    })
+}
+
+/// `binary` without debug information, in `dir` (debug builds are hundreds of MiB, and L1
+/// holds its files in RAM).
+pub fn stripped(binary: &Path, dir: &Path) -> PathBuf {
+    let out = dir.join(binary.file_name().expect("a binary's file name"));
+    let status = Command::new("objcopy")
+        .arg("--strip-debug")
+        .arg(binary)
+        .arg(&out)
+        .status()
+        .expect("objcopy (binutils) strips the binary");
+    assert!(
+        status.success(),
+        "objcopy --strip-debug {} failed",
+        binary.display()
+    );
+    out
+}
+
+/// Commands that run first in the job: cgroup2, /dev/shm, `twinbox-vm` on the PATH, the
+/// bundles, and podman's private storage and configuration (podman calls `twinbox-vm` with a
+/// clean environment, so twinbox's own config is installed at /etc/twinbox/config.toml).
+const SETUP: &str = r#"mount -t cgroup2 none /sys/fs/cgroup
+mkdir -p /dev/shm && mount -t tmpfs tmpfs /dev/shm
+mkdir -p /usr/local/bin && ln -s /job/twinbox /usr/local/bin/twinbox-vm && ln -s /job/twinbox /usr/local/bin/twinbox
+tar -C / -xf /job/bundles.tar
+export PATH=/usr/local/bin:$PATH
+mkdir -p /tmp/podman /var/tmp
+cat > /tmp/podman/storage.conf <<EOF
+[storage]
+driver = "vfs"
+graphroot = "/tmp/podman/graph"
+runroot = "/tmp/podman/run"
+EOF
+cat > /tmp/podman/containers.conf <<EOF
+[containers]
+netns = "none"
+default_ulimits = ["nofile=1024:1024"]
+[engine]
+runtime = "twinbox-vm"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+events_logfile_path = "/tmp/podman/events.log"
+conmon_path = ["/usr/bin/conmon"]
+tmp_dir = "/tmp/podman/tmp"
+[engine.runtimes]
+twinbox-vm = ["/usr/local/bin/twinbox-vm"]
+EOF
+export CONTAINERS_STORAGE_CONF=/tmp/podman/storage.conf CONTAINERS_CONF=/tmp/podman/containers.conf
+"#;
+
+/// A step script that starts with the VM tests' setup: cgroup2, `twinbox-vm` on the PATH,
+/// the bundles unpacked, podman configured to use `twinbox-vm`.
+pub fn vm_steps() -> StepScript {
+    StepScript::new().setup(SETUP)
+}
+
+/// The job running `steps` (made with [`vm_steps`]) with `bundles`, the binaries under test,
+/// the guest kernel, and podman with conmon, in a root that container runtimes can pivot from. `work` holds the
+/// stripped binaries.
+pub fn vm_job(steps: &StepScript, bundles: &Bundles, work: &Path, timeout: Duration) -> Job {
+    let kernel = crate::guest_kernel();
+    let twinbox = stripped(&crate::twinbox_bin(), work);
+    let agent = crate::workspace_bin("twinbox-agent");
+    let config =
+        "[vm]\nkernel = \"/l2/vmlinux\"\n# L2 boots at TCG speed.\nboot_timeout_secs = 120\n";
+    Job::new(
+        "exec unshare -m --propagation private sh -c 'mkdir -p /newroot && mount -o rbind / \
+         /newroot && cd /newroot && mount -o move . / && exec chroot . sh /job/steps.sh'",
+    )
+    .data("/job/steps.sh", steps.script().as_bytes().to_vec(), 0o755)
+    .file(&twinbox, "/job/twinbox")
+    .file(&agent, "/job/twinbox-agent")
+    .file(&kernel.vmlinux, "/l2/vmlinux")
+    .file(bundles.tarball(), "/job/bundles.tar")
+    .data(
+        "/etc/twinbox/config.toml",
+        config.as_bytes().to_vec(),
+        0o644,
+    )
+    .file("/etc/containers/policy.json", "/etc/containers/policy.json")
+    .program("/usr/bin/mkfs.erofs", "/usr/bin/mkfs.erofs")
+    .program("/sbin/mke2fs", "/sbin/mkfs.ext4")
+    .program("/usr/bin/podman", "/usr/bin/podman")
+    .program("/usr/bin/conmon", "/usr/bin/conmon")
+    .timeout(timeout)
+}

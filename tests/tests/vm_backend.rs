@@ -1,0 +1,303 @@
+//! The VM backend end to end: `twinbox-vm` (the runtime CLI invoked by the name that selects
+//! microVMs) runs OCI bundles in twinbox's own VMM with twinbox's guest kernel and agent,
+//! inside the emulated KVM host (this machine's /dev/kvm cannot boot stock kernels).
+//!
+//! Every VM of this file runs in one L1 boot (`batch()`); each test checks its own step.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use serde_json::Value;
+use twinbox_tests::guest_kernel;
+use twinbox_tests::kvm_host::{JobOutput, kvm_host};
+use twinbox_tests::vm::{Bundles, bind_mount, vm_job, vm_steps};
+
+/// A per-step limit: an L2 boot takes seconds at TCG speed; this only bounds a hang.
+const STEP: Duration = Duration::from_secs(120);
+
+fn set_env(config: &mut Value, env: &[&str]) {
+    config["process"]["env"] = env.iter().map(|e| Value::from(*e)).collect();
+}
+
+/// Boots L1 once and runs every step of this file in it.
+fn batch() -> &'static JobOutput {
+    static BATCH: OnceLock<JobOutput> = OnceLock::new();
+    BATCH.get_or_init(|| {
+        let mut bundles = Bundles::new();
+        bundles
+            .add("uname", &["uname", "-r"], |_| {})
+            .add(
+                "streams",
+                &["sh", "-c", "echo to-stdout; echo to-stderr >&2; exit 3"],
+                |_| {},
+            )
+            .add("cat", &["cat"], |_| {})
+            .add(
+                "identity",
+                &["sh", "-c", "echo \"$GREETING\"; id -u; id -g; pwd"],
+                |config| {
+                    set_env(config, &["PATH=/bin", "GREETING=hello-from-the-vm"]);
+                    config["process"]["user"] = serde_json::json!({"uid": 1000, "gid": 1000});
+                    config["process"]["cwd"] = Value::from("/home/tester");
+                },
+            )
+            .add(
+                "volumes",
+                &[
+                    "sh",
+                    "-c",
+                    "cat /data/in; echo written-in-the-vm > /data/out; rm /data/gone; \
+                     mkdir /data/new; echo deep > /data/new/file; \
+                     if (echo x > /config/x) 2>/dev/null; then echo RO-WRITABLE; else echo ro-refused; fi",
+                ],
+                |config| {
+                    let mounts = config["mounts"].as_array_mut().unwrap();
+                    mounts.push(bind_mount("/tmp/vol", "/data", false));
+                    mounts.push(bind_mount("/tmp/vol-ro", "/config", true));
+                },
+            )
+            .add(
+                "limits",
+                &["sh", "-c", "grep MemTotal /proc/meminfo; nproc; touch /x 2>&1 || echo ro-root"],
+                |config| {
+                    config["root"]["readonly"] = Value::from(true);
+                    config["linux"]["resources"] = serde_json::json!({
+                        "memory": {"limit": 200 << 20},
+                        "cpu": {"quota": 150000, "period": 100000},
+                    });
+                },
+            )
+            .add(
+                "sleeper",
+                &[
+                    "sh",
+                    "-c",
+                    "echo started; trap 'echo got-term; exit 7' TERM; while true; do sleep 0.1; done",
+                ],
+                |_| {},
+            )
+            .add("terminal", &["tty"], |config| {
+                config["process"]["terminal"] = Value::from(true);
+            })
+            .add("annotated", &["uname", "-r"], |config| {
+                config["annotations"] = serde_json::json!({"io.twinbox.isolation": "vm"});
+            })
+            .add("panic", &["sh", "-c", "echo c > /proc/sysrq-trigger; sleep 10"], |config| {
+                config["linux"]["readonlyPaths"] = Value::Array(Vec::new());
+            });
+
+        let wait_stopped = |id: &str| {
+            format!(
+                "for i in $(seq 300); do twinbox-vm state {id} | grep -q '\"stopped\"' && break; sleep 0.2; done; \
+                 twinbox-vm state {id} | grep status"
+            )
+        };
+        let steps = vm_steps()
+            .step("uname", STEP, "twinbox-vm run --bundle /b/uname c-uname")
+            .step(
+                "streams",
+                STEP,
+                "twinbox-vm run --bundle /b/streams c-streams >/tmp/o 2>/tmp/e; echo \"code=$?\"; \
+                 echo \"stdout=$(cat /tmp/o)\"; echo \"stderr=$(cat /tmp/e)\"",
+            )
+            .step(
+                "stdin",
+                STEP,
+                "printf 'line one\\nline two\\n' | twinbox-vm run --bundle /b/cat c-stdin",
+            )
+            .step("identity", STEP, "twinbox-vm run --bundle /b/identity c-identity")
+            .step(
+                "volumes",
+                STEP,
+                "mkdir -p /tmp/vol /tmp/vol-ro && echo from-the-host > /tmp/vol/in && touch /tmp/vol/gone && \
+                 twinbox-vm run --bundle /b/volumes c-volumes; echo \"code=$?\"; \
+                 echo \"out=$(cat /tmp/vol/out)\"; echo \"new=$(cat /tmp/vol/new/file)\"; \
+                 if [ -e /tmp/vol/gone ]; then echo gone=still-there; else echo gone=removed; fi; \
+                 ls /tmp/vol-ro | wc -l",
+            )
+            .step("limits", STEP, "twinbox-vm run --bundle /b/limits c-limits")
+            .step(
+                "exec-kill",
+                STEP,
+                &format!(
+                    "twinbox-vm run -d --bundle /b/sleeper c-sleeper >/tmp/sleeper.out 2>&1 && \
+                     twinbox-vm exec c-sleeper sh -c 'echo in-exec; exit 5'; echo \"exec-code=$?\"; \
+                     twinbox-vm exec c-sleeper /no/such/program; echo \"missing-code=$?\"; \
+                     echo \"ps=$(twinbox-vm ps --format json c-sleeper)\"; \
+                     twinbox-vm kill c-sleeper TERM; {}; cat /tmp/sleeper.out; \
+                     twinbox-vm delete c-sleeper && echo deleted",
+                    wait_stopped("c-sleeper")
+                ),
+            )
+            .step("terminal", STEP, "twinbox-vm run --bundle /b/terminal c-terminal")
+            .step(
+                "panic",
+                STEP,
+                "twinbox-vm run --bundle /b/panic c-panic; echo \"code=$?\"",
+            )
+            .step(
+                "annotation",
+                STEP,
+                "twinbox run --bundle /b/annotated c-annotated",
+            )
+            .step(
+                "podman",
+                STEP,
+                "tar -C /b/rootfs -cf /tmp/busybox.tar . && podman import -q /tmp/busybox.tar localhost/busybox >/dev/null && \
+                 podman run --rm localhost/busybox uname -r; echo \"code=$?\"; \
+                 podman run --rm localhost/busybox sh -c 'exit 7'; echo \"exit7=$?\"; \
+                 podman run -d --name web localhost/busybox sh -c 'trap \"exit 0\" TERM; while true; do sleep 0.1; done' >/dev/null && \
+                 podman exec web sh -c 'echo exec=ok'; podman stop -t 30 web >/dev/null; echo \"stop=$?\"; \
+                 podman rm web >/dev/null; echo \"left=$(podman ps -aq | wc -l)\"",
+            )
+            .step(
+                "clean",
+                STEP,
+                "echo \"containers=$(ls /run/twinbox | wc -l)\"; \
+                 echo \"sandboxes=$(ls /var/lib/twinbox/vm/sandboxes 2>/dev/null | wc -l)\"; \
+                 echo \"cgroups=$(ls -d /sys/fs/cgroup/twinbox/*/ 2>/dev/null | wc -l)\"",
+            );
+        let work = tempfile::tempdir().unwrap();
+        let job = vm_job(&steps, &bundles, work.path(), 10 * STEP);
+        let run = kvm_host().run(&job).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(run.exit_code, 0, "the batch script failed:\n{}", run.output);
+        run
+    })
+}
+
+/// The output of step `name`, which must have exited with status 0.
+fn step(name: &str) -> String {
+    batch()
+        .step(name)
+        .and_then(|s| s.check())
+        .unwrap_or_else(|e| panic!("{e}"))
+        .output
+}
+
+/// The value of `key=value` lines of a step's output.
+fn value<'a>(output: &'a str, key: &str) -> &'a str {
+    output
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("no {key}= in:\n{output}"))
+}
+
+#[test]
+fn the_workload_runs_on_twinboxs_guest_kernel() {
+    assert_eq!(step("uname").trim(), guest_kernel().release);
+}
+
+#[test]
+fn exit_code_and_separate_stdout_and_stderr() {
+    let out = step("streams");
+    assert_eq!(value(&out, "code"), "3", "{out}");
+    assert_eq!(value(&out, "stdout"), "to-stdout", "{out}");
+    assert_eq!(value(&out, "stderr"), "to-stderr", "{out}");
+}
+
+#[test]
+fn stdin_reaches_the_workload_and_ends() {
+    assert_eq!(step("stdin"), "line one\nline two\n");
+}
+
+#[test]
+fn env_user_and_cwd_apply_in_the_guest() {
+    assert_eq!(
+        step("identity"),
+        "hello-from-the-vm\n1000\n1000\n/home/tester\n"
+    );
+}
+
+#[test]
+fn volumes_are_disks_whose_changes_come_back() {
+    let out = step("volumes");
+    assert!(out.starts_with("from-the-host\nro-refused\n"), "{out}");
+    assert_eq!(value(&out, "code"), "0", "{out}");
+    assert_eq!(value(&out, "out"), "written-in-the-vm", "{out}");
+    assert_eq!(value(&out, "new"), "deep", "{out}");
+    assert_eq!(value(&out, "gone"), "removed", "{out}");
+    assert_eq!(
+        out.lines().last().map(str::trim),
+        Some("0"),
+        "the read-only volume stays empty: {out}"
+    );
+}
+
+#[test]
+fn memory_and_cpu_limits_size_the_vm_and_the_root_can_be_read_only() {
+    let out = step("limits");
+    let kib: u64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no MemTotal in {out}"));
+    // The guest kernel keeps a few MiB of the 200 MiB for itself.
+    assert!(
+        (150 << 10..=200 << 10).contains(&kib),
+        "MemTotal {kib} kB: {out}"
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[1], "2", "1.5 CPUs become 2 vCPUs: {out}");
+    assert!(out.contains("ro-root"), "{out}");
+}
+
+#[test]
+fn exec_into_a_running_vm_and_kill_it() {
+    let out = step("exec-kill");
+    assert!(out.starts_with("in-exec\n"), "{out}");
+    assert_eq!(value(&out, "exec-code"), "5", "{out}");
+    assert_eq!(value(&out, "missing-code"), "127", "{out}");
+    let pids: Vec<i32> = serde_json::from_str(value(&out, "ps")).unwrap();
+    assert!(!pids.is_empty(), "ps lists the VM's processes: {out}");
+    assert!(out.contains("\"stopped\""), "{out}");
+    assert!(
+        out.contains("started\ngot-term\n"),
+        "SIGTERM reached the workload: {out}"
+    );
+    assert!(out.trim_end().ends_with("deleted"), "{out}");
+}
+
+#[test]
+fn a_terminal_is_a_pty_in_the_guest() {
+    let out = step("terminal");
+    assert!(out.contains("/dev/pts/0"), "{out}");
+}
+
+#[test]
+fn a_guest_kernel_panic_is_reported_clearly() {
+    let out = batch()
+        .step("panic")
+        .unwrap_or_else(|e| panic!("{e}"))
+        .output;
+    assert_eq!(value(&out, "code"), "255", "{out}");
+    assert!(out.contains("the guest kernel panicked"), "{out}");
+    assert!(out.contains("sysrq triggered crash"), "{out}");
+}
+
+#[test]
+fn the_isolation_annotation_selects_a_vm() {
+    assert_eq!(step("annotation").trim(), guest_kernel().release);
+}
+
+#[test]
+fn podman_runs_microvms_with_twinbox_vm() {
+    let out = step("podman");
+    assert!(
+        out.starts_with(&format!("{}\n", guest_kernel().release)),
+        "{out}"
+    );
+    assert_eq!(value(&out, "code"), "0", "{out}");
+    assert_eq!(value(&out, "exit7"), "7", "{out}");
+    assert_eq!(value(&out, "exec"), "ok", "{out}");
+    assert_eq!(value(&out, "stop"), "0", "{out}");
+    assert_eq!(value(&out, "left"), "0", "{out}");
+}
+
+#[test]
+fn nothing_is_left_behind() {
+    let out = step("clean");
+    assert_eq!(value(&out, "containers"), "0", "{out}");
+    assert_eq!(value(&out, "sandboxes"), "0", "{out}");
+    assert_eq!(value(&out, "cgroups"), "0", "{out}");
+}
