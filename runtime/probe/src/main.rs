@@ -10,10 +10,12 @@ use twinbox_probe::checks::{self, Options};
 const USAGE: &str = "\
 usage: twinbox-probe start-marker [--out FILE] [-- COMMAND [ARG...]]
        twinbox-probe isolation [--host-pid PID] [--alloc-test-mib MIB] [--pretty]
+       twinbox-probe idle
 
 start-marker  print the workload-start marker line (to FILE instead of stdout with --out),
               then exec COMMAND if one is given
-isolation     run the isolation checks and print one JSON document of observations";
+isolation     run the isolation checks and print one JSON document of observations
+idle          do nothing until killed (the workload of an idle sandbox)";
 
 /// Parses a flag's value or exits with a usage error.
 fn value<T: std::str::FromStr>(flag: &str, raw: Option<OsString>) -> T {
@@ -96,11 +98,23 @@ fn isolation(mut args: impl Iterator<Item = OsString>) -> ! {
     std::process::exit(0)
 }
 
+/// The idle workload: sleeps until a signal ends the process (SIGKILL, or SIGTERM where the
+/// probe is not a namespace's PID 1). Touches no memory beyond its own start-up.
+fn idle(mut args: impl Iterator<Item = OsString>) -> ! {
+    if let Some(arg) = args.next() {
+        fail(&format!("idle: unexpected argument {arg:?}"));
+    }
+    loop {
+        std::thread::park();
+    }
+}
+
 fn main() {
     let mut args = std::env::args_os().skip(1);
     match args.next().as_ref().and_then(|a| a.to_str()) {
         Some("start-marker") => start_marker(args),
         Some("isolation") => isolation(args),
+        Some("idle") => idle(args),
         Some("--version") => println!("twinbox-probe {}", env!("CARGO_PKG_VERSION")),
         Some("--help" | "-h") => println!("{USAGE}"),
         Some(other) => fail(&format!("unknown mode {other:?}")),

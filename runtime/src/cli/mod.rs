@@ -5,6 +5,7 @@
 //! command set: people (docker/podman-style image and container commands) and container
 //! engines (the runc-compatible OCI runtime commands that podman and containerd call).
 
+pub mod compare;
 pub mod engine;
 pub mod image;
 pub mod runtime;
@@ -87,4 +88,7 @@ pub enum Command {
     Engine(engine::EngineCommand),
     /// Low-level microVM commands (boot a kernel with twinbox's VMM).
     Vm(vm::VmCommand),
+    /// Run an image as a container, as a microVM and under peer runtimes, and compare start
+    /// time, weight, density and isolation side by side.
+    Compare(compare::CompareArgs),
 }

@@ -1,6 +1,7 @@
 //! Turns parsed command lines into library calls: one module per command family (image
 //! store, OCI runtime, docker-style containers), each a thin layer over the library.
 
+mod compare;
 mod engine;
 pub mod features;
 mod image;
@@ -87,6 +88,7 @@ pub fn run(cli: Cli) -> i32 {
             Command::Image(command) => image::run(&cli.global, command),
             Command::Runtime(command) => runtime::run(&cli.global, command),
             Command::Engine(command) => engine::run_command(&cli.global, command),
+            Command::Compare(args) => compare::run(&cli.global, args),
             Command::Vm(vm) => match vm.action {
                 crate::cli::vm::VmAction::Boot(args) => crate::vm_boot::boot(&cli.global, &args),
                 crate::cli::vm::VmAction::Init(args) => crate::vm::init::main(&args.config),

@@ -17,6 +17,7 @@
 
 pub mod disk;
 pub mod memory;
+pub mod orchestrate;
 pub mod probe;
 pub mod render;
 pub mod report;

@@ -168,6 +168,29 @@ mod tests {
     }
 
     #[test]
+    fn table_gives_ratios_to_the_first_measured_column() {
+        let report = sample_report();
+        let text = table(&report);
+        let base = &report.start_time[0];
+        let other = &report.start_time[1];
+        let expected = format!(
+            "{:.2}",
+            other.workload_start.as_ref().unwrap().p50_ms
+                / base.workload_start.as_ref().unwrap().p50_ms
+        );
+        let section = text.split("\nRatios to ").nth(1).expect("a ratio section");
+        assert!(
+            section.starts_with(label(&report, &base.column)),
+            "{section}"
+        );
+        let line = section
+            .lines()
+            .find(|l| l.trim_start().starts_with(label(&report, &other.column)))
+            .unwrap();
+        assert!(line.contains(&expected), "{line} lacks {expected}");
+    }
+
+    #[test]
     fn html_is_self_contained_with_both_plots_in_series_colours() {
         let report = sample_report();
         let page = html(&report).unwrap();

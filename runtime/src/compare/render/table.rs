@@ -136,6 +136,8 @@ pub fn table(report: &Report) -> String {
         out.push_str(&layout(&header, &rows));
     }
 
+    out.push_str(&ratios(report));
+
     let iso = &report.isolation;
     if !iso.totals.is_empty() {
         out.push_str("\nIsolation (✓ isolated, ✗ not)\n");
@@ -187,5 +189,64 @@ pub fn table(report: &Report) -> String {
         &strings(["column", "kind", "version", "status"]),
         &peers,
     ));
+    out
+}
+
+/// Each measured column against the first measured one (twinbox's container mode when it
+/// ran): p50 to workload start, p50 to exit, and PSS per idle sandbox, as ratios. Empty with
+/// fewer than two measured columns.
+fn ratios(report: &Report) -> String {
+    let p50 = |column: &str, exit: bool| {
+        report
+            .start_time
+            .iter()
+            .find(|s| s.column == column)
+            .and_then(|s| {
+                if exit {
+                    s.exit.as_ref()
+                } else {
+                    s.workload_start.as_ref()
+                }
+            })
+            .map(|d| d.p50_ms)
+    };
+    let pss = |column: &str| {
+        report
+            .weight
+            .iter()
+            .find(|w| w.column == column)
+            .map(|w| w.pss_bytes as f64)
+    };
+    let measured: Vec<&str> = report
+        .start_time
+        .iter()
+        .map(|s| s.column.as_str())
+        .collect();
+    let Some((base, others)) = measured.split_first() else {
+        return String::new();
+    };
+    if others.is_empty() {
+        return String::new();
+    }
+    let ratio = |value: Option<f64>, reference: Option<f64>| match (value, reference) {
+        (Some(value), Some(reference)) if reference > 0.0 => format!("{:.2}", value / reference),
+        _ => "-".to_string(),
+    };
+    let rows: Vec<Vec<String>> = others
+        .iter()
+        .map(|column| {
+            vec![
+                label(report, column).to_string(),
+                ratio(p50(column, false), p50(base, false)),
+                ratio(p50(column, true), p50(base, true)),
+                ratio(pss(column), pss(base)),
+            ]
+        })
+        .collect();
+    let mut out = format!(
+        "\nRatios to {} (x times; p50 start, p50 exit, PSS per idle sandbox)\n",
+        label(report, base)
+    );
+    out.push_str(&layout(&strings(["column", "start", "exit", "PSS"]), &rows));
     out
 }
