@@ -100,7 +100,8 @@ fn a_kernel_without_pvm_support_is_refused_on_a_pvm_host() {
 
 /// `twinbox run --isolation vm IMAGE` on this PVM host: the docker-style engine goes through
 /// the same backend, fails with the same explanation and an engine exit code (125), and
-/// leaves no container, name, root filesystem, mount, sandbox or cgroup behind.
+/// leaves no container, name, root filesystem, mount, anonymous volume, sandbox or cgroup
+/// behind.
 #[test]
 fn run_isolation_vm_on_a_pvm_host_explains_and_leaves_nothing() {
     assert!(
@@ -119,6 +120,8 @@ fn run_isolation_vm_on_a_pvm_host_explains_and_leaves_nothing() {
         "vm",
         "--kernel",
         kernel.vmlinux.to_str().unwrap(),
+        "-v",
+        "/anon",
         IMAGE,
         "uname",
         "-r",
@@ -137,6 +140,11 @@ fn run_isolation_vm_on_a_pvm_host_explains_and_leaves_nothing() {
         .unwrap_or_else(|| panic!("no container id in the debug log: {stderr}"));
     docker.assert_clean();
     assert!(docker.ps().is_empty(), "ps -a: {:?}", docker.ps());
+    assert_eq!(
+        docker.ok(["volume", "ls", "-q"]),
+        "",
+        "the anonymous volume is removed"
+    );
     // The name is free again.
     let names = docker.run_root().join(".names");
     let left: Vec<_> = std::fs::read_dir(&names)
