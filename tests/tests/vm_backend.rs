@@ -195,7 +195,8 @@ fn batch() -> &'static JobOutput {
                 &format!(
                     "{VM_RUN} {ENGINE_IMAGE} sh -c 'trap \"echo got-term; exit 9\" TERM; echo ready; \
                        while true; do sleep 0.1; done' >/tmp/fg.out 2>&1 & fg=$!; \
-                     for i in $(seq 600); do grep -q ready /tmp/fg.out && break; sleep 0.2; done; \
+                     for i in $(seq 600); do grep -q ready /tmp/fg.out && break; \
+                       kill -0 $fg 2>/dev/null || break; sleep 0.2; done; \
                      kill -TERM $fg; wait $fg; echo \"signal-code=$?\"; echo \"signal-out=$(tr '\\n' , </tmp/fg.out)\""
                 ),
             )
@@ -206,7 +207,8 @@ fn batch() -> &'static JobOutput {
                     "twinbox run -d --name evm --isolation vm {ENGINE_IMAGE} sh -c \
                        \"echo started; trap 'echo got-term; exit 7' TERM; while true; do sleep 0.1; done\" >/dev/null; \
                      echo \"detach=$?\"; \
-                     for i in $(seq 600); do twinbox logs evm | grep -q started && break; sleep 0.2; done; \
+                     for i in $(seq 600); do twinbox logs evm 2>/dev/null | grep -q started && break; \
+                       twinbox ps | grep -q evm || break; sleep 0.2; done; \
                      echo \"ps=$(twinbox ps --format json | tr -d '\\n')\"; \
                      echo \"exec=$(twinbox exec -e WHO=exec evm sh -c 'echo in-$WHO; uname -r; exit 5' | tr '\\n' ,)\"; \
                      twinbox exec evm sh -c 'exit 5'; echo \"exec-code=$?\"; \

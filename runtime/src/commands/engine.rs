@@ -110,6 +110,10 @@ fn run_request(args: RunArgs) -> Result<RunRequest, EngineError> {
     if let Some(signal) = &options.stop_signal {
         parse_signal(signal).map_err(|reason| invalid("--stop-signal", signal, &reason))?;
     }
+    let isolation = options.isolation.map(|i| match i {
+        Isolation::Container => BackendKind::Container,
+        Isolation::Vm => BackendKind::Vm,
+    });
     let resources = engine::Resources {
         memory: options
             .memory
@@ -119,14 +123,10 @@ fn run_request(args: RunArgs) -> Result<RunRequest, EngineError> {
         cpu_quota: options
             .cpus
             .as_deref()
-            .map(engine::parse_cpus)
+            .map(|cpus| engine::parse_cpus(cpus, isolation))
             .transpose()?,
         pids: options.pids_limit,
     };
-    let isolation = options.isolation.map(|i| match i {
-        Isolation::Container => BackendKind::Container,
-        Isolation::Vm => BackendKind::Vm,
-    });
     let network: engine::NetworkMode = options
         .network
         .as_deref()
