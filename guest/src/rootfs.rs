@@ -195,6 +195,35 @@ pub fn guest_spec(mut spec: Spec, rootfs: &Path) -> Result<Spec, AgentError> {
     Ok(spec)
 }
 
+/// Creates the workload's working directory in `rootfs` when the image lacks it (owned by
+/// root), as `twinbox run` and docker do for containers. It stops at a symbolic link (which
+/// would resolve outside the workload's root here): the workload then fails to enter the
+/// directory with a clear error.
+pub fn create_cwd(spec: &Spec, rootfs: &Path) -> Result<(), AgentError> {
+    let Some(process) = spec.process() else {
+        return Ok(());
+    };
+    let mut path = rootfs.to_path_buf();
+    for component in process.cwd().components() {
+        let std::path::Component::Normal(name) = component else {
+            continue;
+        };
+        path.push(name);
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_symlink() || !meta.is_dir() => return Ok(()),
+            Ok(_) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir(&path).map_err(failed(&format!(
+                    "creating the working directory {}",
+                    process.cwd().display()
+                )))?;
+            }
+            Err(_) => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
 /// Sets the guest clock from the host's when they differ by more than a second.
 pub fn set_clock(host_time_ns: u64) {
     let now = std::time::SystemTime::now()
@@ -265,6 +294,21 @@ mod tests {
         let resources = linux.resources().as_ref().unwrap();
         assert_eq!(resources.pids().as_ref().unwrap().limit(), 64);
         assert!(resources.memory().is_none());
+    }
+
+    #[test]
+    fn a_missing_working_directory_is_created_but_not_through_a_symlink() {
+        let root = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/", root.path().join("link")).unwrap();
+        let with_cwd = |cwd: &str| {
+            let mut spec = Spec::default();
+            spec.process_mut().as_mut().unwrap().set_cwd(cwd.into());
+            spec
+        };
+        create_cwd(&with_cwd("/srv/new/deep"), root.path()).unwrap();
+        assert!(root.path().join("srv/new/deep").is_dir());
+        create_cwd(&with_cwd("/link/escaped"), root.path()).unwrap();
+        assert!(!Path::new("/escaped").exists());
     }
 
     #[test]

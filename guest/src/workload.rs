@@ -169,6 +169,7 @@ fn create(request: &CreateRequest) -> Result<Workload, AgentError> {
             volumes.push((index as u32, snapshot));
         }
     }
+    rootfs::create_cwd(&request.spec, &root)?;
     let spec = rootfs::guest_spec(request.spec.clone(), &root)?;
     let cgroup = workload_cgroup()?;
     cgroup

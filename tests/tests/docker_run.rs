@@ -521,37 +521,3 @@ fn names_are_unique() {
     assert_ne!(names[0], names[1]);
     assert!(names.iter().all(|n| n.contains('_')), "{names:?}");
 }
-
-#[test]
-fn vm_isolation_fails_clearly_and_leaves_nothing() {
-    let docker = Docker::new();
-    let out = docker.run([
-        "run",
-        "--rm",
-        "--isolation",
-        "vm",
-        "-v",
-        "/anon",
-        IMAGE,
-        "true",
-    ]);
-    assert_eq!(out.status.code(), Some(125));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("VM backend") && err.contains("--isolation vm"),
-        "{err}"
-    );
-    docker.assert_clean();
-    assert_eq!(
-        docker.ok(["volume", "ls", "-q"]),
-        "",
-        "the anonymous volume is removed"
-    );
-    assert!(
-        std::fs::read_dir(docker.run_root().join(".names"))
-            .map(|d| d.count())
-            .unwrap_or(0)
-            == 0,
-        "the name is released"
-    );
-}

@@ -12,6 +12,11 @@ use twinbox_tests::guest_kernel;
 use twinbox_tests::kvm_host::{JobOutput, kvm_host};
 use twinbox_tests::vm::{Bundles, bind_mount, vm_job, vm_steps};
 
+/// The image `twinbox import`s in L1 for the docker-style steps.
+const ENGINE_IMAGE: &str = "busybox:vm";
+/// `twinbox run` of a VM that removes itself.
+const VM_RUN: &str = "twinbox run --rm --isolation vm";
+
 /// A per-step limit: an L2 boot takes seconds at TCG speed; this only bounds a hang.
 const STEP: Duration = Duration::from_secs(120);
 
@@ -151,14 +156,82 @@ fn batch() -> &'static JobOutput {
                  podman rm web >/dev/null; echo \"left=$(podman ps -aq | wc -l)\"",
             )
             .step(
+                "engine-import",
+                STEP,
+                &format!(
+                    "tar -C /b/rootfs -cf /tmp/engine.tar . && \
+                     twinbox import /tmp/engine.tar {ENGINE_IMAGE} --change 'CMD [\"sh\"]' >/dev/null && echo imported"
+                ),
+            )
+            .step(
+                "engine-run",
+                STEP,
+                &format!(
+                    "echo \"release=$({VM_RUN} {ENGINE_IMAGE} uname -r)\"; \
+                     {VM_RUN} {ENGINE_IMAGE} sh -c 'echo out; echo err >&2; exit 42' >/tmp/eo 2>/tmp/ee; \
+                     echo \"code=$?\"; echo \"stdout=$(cat /tmp/eo)\"; echo \"stderr=$(cat /tmp/ee)\"; \
+                     echo \"identity=$({VM_RUN} -e GREETING=hi -w /tmp -u 1000:1000 {ENGINE_IMAGE} \
+                       sh -c 'echo $GREETING,$(id -u),$(id -g),$(pwd)')\"; \
+                     echo \"newdir=$({VM_RUN} -w /srv/new {ENGINE_IMAGE} pwd 2>&1 | tr '\\n' ' ')\"; \
+                     echo \"stdin=$(printf 'a\\nb\\n' | {VM_RUN} -i {ENGINE_IMAGE} cat | tr '\\n' ,)\"; \
+                     echo \"tty=$({VM_RUN} -t {ENGINE_IMAGE} tty </dev/null 2>&1 | tr -d '\\r')\""
+                ),
+            )
+            .step(
+                "engine-resources",
+                STEP,
+                &format!(
+                    "mkdir -p /tmp/evol && echo from-host > /tmp/evol/in && \
+                     echo \"volume=$({VM_RUN} -v /tmp/evol:/data {ENGINE_IMAGE} \
+                       sh -c 'cat /data/in; echo from-vm > /data/out')\"; \
+                     echo \"volume-back=$(cat /tmp/evol/out)\"; \
+                     echo \"limits=$({VM_RUN} --memory 200m --cpus 1.5 --read-only {ENGINE_IMAGE} \
+                       sh -c 'grep MemTotal /proc/meminfo | tr -s \" \" | cut -d\" \" -f2; nproc; touch /x 2>/dev/null || echo ro' | tr '\\n' ,)\""
+                ),
+            )
+            .step(
+                "engine-signal",
+                STEP,
+                &format!(
+                    "{VM_RUN} {ENGINE_IMAGE} sh -c 'trap \"echo got-term; exit 9\" TERM; echo ready; \
+                       while true; do sleep 0.1; done' >/tmp/fg.out 2>&1 & fg=$!; \
+                     for i in $(seq 600); do grep -q ready /tmp/fg.out && break; \
+                       kill -0 $fg 2>/dev/null || break; sleep 0.2; done; \
+                     kill -TERM $fg; wait $fg; echo \"signal-code=$?\"; echo \"signal-out=$(tr '\\n' , </tmp/fg.out)\""
+                ),
+            )
+            .step(
+                "engine-detached",
+                STEP,
+                &format!(
+                    "twinbox run -d --name evm --isolation vm {ENGINE_IMAGE} sh -c \
+                       \"echo started; trap 'echo got-term; exit 7' TERM; while true; do sleep 0.1; done\" >/dev/null; \
+                     echo \"detach=$?\"; \
+                     for i in $(seq 600); do twinbox logs evm 2>/dev/null | grep -q started && break; \
+                       twinbox ps | grep -q evm || break; sleep 0.2; done; \
+                     echo \"ps=$(twinbox ps --format json | tr -d '\\n')\"; \
+                     echo \"exec=$(twinbox exec -e WHO=exec evm sh -c 'echo in-$WHO; uname -r; exit 5' | tr '\\n' ,)\"; \
+                     twinbox exec evm sh -c 'exit 5'; echo \"exec-code=$?\"; \
+                     twinbox stop -t 60 evm >/dev/null; echo \"stop=$?\"; \
+                     echo \"wait=$(twinbox wait evm)\"; \
+                     echo \"logs=$(twinbox logs evm | tr '\\n' ,)\"; \
+                     echo \"psa=$(twinbox ps -a --format json | tr -d '\\n')\"; \
+                     twinbox rm evm >/dev/null; echo \"rm=$?\"; \
+                     echo \"left=$(twinbox ps -aq | wc -l)\"; \
+                     echo \"rootfs=$(ls /var/lib/twinbox/containers 2>/dev/null | wc -l)\""
+                ),
+            )
+            .step(
                 "clean",
                 STEP,
                 "echo \"containers=$(ls /run/twinbox | wc -l)\"; \
                  echo \"sandboxes=$(ls /var/lib/twinbox/vm/sandboxes 2>/dev/null | wc -l)\"; \
-                 echo \"cgroups=$(ls -d /sys/fs/cgroup/twinbox/*/ 2>/dev/null | wc -l)\"",
+                 echo \"cgroups=$(ls -d /sys/fs/cgroup/twinbox/*/ 2>/dev/null | wc -l)\"; \
+                 echo \"names=$(ls -A /run/twinbox/.names 2>/dev/null | wc -l)\"; \
+                 echo \"rootfs=$(ls -A /var/lib/twinbox/containers 2>/dev/null | wc -l)\"",
             );
         let work = tempfile::tempdir().unwrap();
-        let job = vm_job(&steps, &bundles, work.path(), 10 * STEP);
+        let job = vm_job(&steps, &bundles, work.path(), 16 * STEP);
         let run = kvm_host().run(&job).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(run.exit_code, 0, "the batch script failed:\n{}", run.output);
         run
@@ -300,4 +373,83 @@ fn nothing_is_left_behind() {
     assert_eq!(value(&out, "containers"), "0", "{out}");
     assert_eq!(value(&out, "sandboxes"), "0", "{out}");
     assert_eq!(value(&out, "cgroups"), "0", "{out}");
+    assert_eq!(value(&out, "names"), "0", "{out}");
+    assert_eq!(value(&out, "rootfs"), "0", "{out}");
+}
+
+/// Output of a docker-style step, after the image was imported into L1's store.
+fn engine_step(name: &str) -> String {
+    assert_eq!(step("engine-import").trim(), "imported");
+    step(name)
+}
+
+#[test]
+fn run_isolation_vm_runs_the_image_on_the_guest_kernel_with_its_flags() {
+    let out = engine_step("engine-run");
+    assert_eq!(value(&out, "release"), guest_kernel().release, "{out}");
+    assert_eq!(value(&out, "code"), "42", "{out}");
+    assert_eq!(value(&out, "stdout"), "out", "{out}");
+    assert_eq!(value(&out, "stderr"), "err", "{out}");
+    assert_eq!(value(&out, "identity"), "hi,1000,1000,/tmp", "{out}");
+    assert_eq!(
+        value(&out, "newdir").trim(),
+        "/srv/new",
+        "a missing workdir is created, as in containers: {out}"
+    );
+    assert_eq!(value(&out, "stdin"), "a,b,", "{out}");
+    assert_eq!(value(&out, "tty"), "/dev/pts/0", "{out}");
+}
+
+#[test]
+fn run_isolation_vm_volumes_memory_cpus_and_read_only() {
+    let out = engine_step("engine-resources");
+    assert_eq!(value(&out, "volume"), "from-host", "{out}");
+    assert_eq!(value(&out, "volume-back"), "from-vm", "{out}");
+    let limits: Vec<&str> = value(&out, "limits").split(',').collect();
+    let kib: u64 = limits[0]
+        .parse()
+        .unwrap_or_else(|_| panic!("MemTotal: {out}"));
+    assert!(
+        (150 << 10..=200 << 10).contains(&kib),
+        "MemTotal {kib} kB: {out}"
+    );
+    assert_eq!(limits[1..], ["2", "ro", ""], "{out}");
+}
+
+#[test]
+fn run_isolation_vm_forwards_signals_in_the_foreground() {
+    let out = engine_step("engine-signal");
+    assert_eq!(value(&out, "signal-out"), "ready,got-term,", "{out}");
+    assert_eq!(value(&out, "signal-code"), "9", "{out}");
+}
+
+#[test]
+fn run_isolation_vm_detached_with_logs_exec_ps_stop_and_rm() {
+    let out = engine_step("engine-detached");
+    assert_eq!(value(&out, "detach"), "0", "{out}");
+    let ps: Vec<Value> = serde_json::from_str(value(&out, "ps")).unwrap();
+    let running = ps
+        .iter()
+        .find(|c| c["Names"] == "evm")
+        .unwrap_or_else(|| panic!("evm is not in ps: {out}"));
+    assert_eq!(running["State"], "running", "{out}");
+    assert_eq!(running["Isolation"], "vm", "{out}");
+    assert_eq!(
+        value(&out, "exec"),
+        format!("in-exec,{},", guest_kernel().release),
+        "{out}"
+    );
+    assert_eq!(value(&out, "exec-code"), "5", "{out}");
+    assert_eq!(value(&out, "stop"), "0", "{out}");
+    assert_eq!(value(&out, "wait"), "7", "{out}");
+    assert_eq!(value(&out, "logs"), "started,got-term,", "{out}");
+    let all: Vec<Value> = serde_json::from_str(value(&out, "psa")).unwrap();
+    let exited = all
+        .iter()
+        .find(|c| c["Names"] == "evm")
+        .unwrap_or_else(|| panic!("evm is not in ps -a: {out}"));
+    assert_eq!(exited["State"], "exited", "{out}");
+    assert_eq!(value(&out, "rm"), "0", "{out}");
+    assert_eq!(value(&out, "left"), "0", "{out}");
+    assert_eq!(value(&out, "rootfs"), "0", "{out}");
 }

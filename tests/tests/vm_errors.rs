@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use serde_json::Value;
+use twinbox_tests::docker::{Docker, IMAGE};
 use twinbox_tests::runtime::{Bundle, Runtime, unique_id};
 
 /// A bundle that asks for a microVM by annotation, plus `extra` annotations.
@@ -95,4 +96,89 @@ fn a_kernel_without_pvm_support_is_refused_on_a_pvm_host() {
         "{stderr}"
     );
     assert_nothing_left(&runtime, store.path());
+}
+
+/// `twinbox run --isolation vm IMAGE` on this PVM host: the docker-style engine goes through
+/// the same backend, fails with the same explanation and an engine exit code (125), and
+/// leaves no container, name, root filesystem, mount, anonymous volume, sandbox or cgroup
+/// behind.
+#[test]
+fn run_isolation_vm_on_a_pvm_host_explains_and_leaves_nothing() {
+    assert!(
+        Path::new("/sys/module/kvm_pvm").exists(),
+        "this test expects the PVM host described in ENVIRONMENT.md"
+    );
+    let kernel = twinbox_tests::guest_kernel();
+    let docker = Docker::new();
+    let out = docker.run([
+        "--debug",
+        "run",
+        "--rm",
+        "--name",
+        "vm-on-pvm",
+        "--isolation",
+        "vm",
+        "--kernel",
+        kernel.vmlinux.to_str().unwrap(),
+        "-v",
+        "/anon",
+        IMAGE,
+        "uname",
+        "-r",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{stderr}");
+    assert!(
+        stderr.contains("without PVM guest support") && stderr.contains("CONFIG_PVM_GUEST"),
+        "{stderr}"
+    );
+    let id = stderr
+        .split("id=")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_hexdigit()).next())
+        .filter(|id| id.len() == 64)
+        .unwrap_or_else(|| panic!("no container id in the debug log: {stderr}"));
+    docker.assert_clean();
+    assert!(docker.ps().is_empty(), "ps -a: {:?}", docker.ps());
+    assert_eq!(
+        docker.ok(["volume", "ls", "-q"]),
+        "",
+        "the anonymous volume is removed"
+    );
+    // The name is free again.
+    let names = docker.run_root().join(".names");
+    let left: Vec<_> = std::fs::read_dir(&names)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "names left: {left:?}");
+    let sandboxes = docker.store().join("vm/sandboxes");
+    if sandboxes.exists() {
+        let left: Vec<_> = std::fs::read_dir(&sandboxes).unwrap().collect();
+        assert!(left.is_empty(), "sandboxes left: {left:?}");
+    }
+    let mut hierarchies = vec![Path::new("/sys/fs/cgroup").to_path_buf()];
+    hierarchies.extend(
+        std::fs::read_dir("/sys/fs/cgroup")
+            .unwrap()
+            .flatten()
+            .map(|e| e.path()),
+    );
+    for hierarchy in hierarchies {
+        let cgroup = hierarchy.join("twinbox").join(id);
+        assert!(!cgroup.exists(), "cgroup left: {}", cgroup.display());
+    }
+}
+
+/// `--kernel` belongs to VMs: with container isolation it is refused before anything is made.
+#[test]
+fn run_kernel_needs_vm_isolation() {
+    let docker = Docker::new();
+    let out = docker.run(["run", "--rm", "--kernel", "/boot/vmlinuz", IMAGE, "true"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{stderr}");
+    assert!(
+        stderr.contains("--kernel") && stderr.contains("--isolation vm"),
+        "{stderr}"
+    );
+    docker.assert_clean();
 }

@@ -87,6 +87,11 @@ pub struct ContainerRunArgs {
     #[arg(long, value_enum)]
     pub isolation: Option<Isolation>,
 
+    /// Guest kernel (vmlinux or bzImage) of an `--isolation vm` container (default: the
+    /// config file's `[vm] kernel`, else twinbox's own).
+    #[arg(long, value_name = "FILE")]
+    pub kernel: Option<PathBuf>,
+
     /// Signal that `stop` sends first (default: the image's StopSignal, else SIGTERM).
     #[arg(long, value_name = "SIGNAL")]
     pub stop_signal: Option<String>,

@@ -110,6 +110,10 @@ fn run_request(args: RunArgs) -> Result<RunRequest, EngineError> {
     if let Some(signal) = &options.stop_signal {
         parse_signal(signal).map_err(|reason| invalid("--stop-signal", signal, &reason))?;
     }
+    let isolation = options.isolation.map(|i| match i {
+        Isolation::Container => BackendKind::Container,
+        Isolation::Vm => BackendKind::Vm,
+    });
     let resources = engine::Resources {
         memory: options
             .memory
@@ -119,10 +123,33 @@ fn run_request(args: RunArgs) -> Result<RunRequest, EngineError> {
         cpu_quota: options
             .cpus
             .as_deref()
-            .map(engine::parse_cpus)
+            .map(|cpus| engine::parse_cpus(cpus, isolation))
             .transpose()?,
         pids: options.pids_limit,
     };
+    let network: engine::NetworkMode = options
+        .network
+        .as_deref()
+        .map(str::parse)
+        .transpose()?
+        .unwrap_or_default();
+    if isolation == Some(BackendKind::Vm) && network == engine::NetworkMode::Host {
+        return Err(invalid(
+            "--network",
+            "host",
+            "a VM has its own kernel and cannot share the host's interfaces; \
+             leave --network out (none) with --isolation vm",
+        ));
+    }
+    if let Some(kernel) = &options.kernel
+        && isolation != Some(BackendKind::Vm)
+    {
+        return Err(invalid(
+            "--kernel",
+            &kernel.display().to_string(),
+            "a guest kernel only applies to --isolation vm",
+        ));
+    }
     Ok(RunRequest {
         image: image.clone(),
         spec,
@@ -141,16 +168,9 @@ fn run_request(args: RunArgs) -> Result<RunRequest, EngineError> {
             .map(|t| engine::parse_tmpfs(t))
             .collect::<Result<_, _>>()?,
         resources,
-        network: options
-            .network
-            .as_deref()
-            .map(str::parse)
-            .transpose()?
-            .unwrap_or_default(),
-        isolation: options.isolation.map(|i| match i {
-            Isolation::Container => BackendKind::Container,
-            Isolation::Vm => BackendKind::Vm,
-        }),
+        network,
+        isolation,
+        kernel: options.kernel.map(|k| std::path::absolute(&k).unwrap_or(k)),
         stop_signal: options.stop_signal,
         stop_timeout: options.stop_timeout,
     })

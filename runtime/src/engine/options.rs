@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use super::EngineError;
+use crate::backend::BackendKind;
 
 fn invalid(option: &'static str, value: &str, reason: impl Into<String>) -> EngineError {
     EngineError::InvalidOption {
@@ -165,18 +166,25 @@ pub const CPU_PERIOD_US: u64 = 100_000;
 
 /// Parses `--cpus` into a CFS quota in microseconds per [`CPU_PERIOD_US`]; at most the CPUs
 /// this host has.
-pub fn parse_cpus(value: &str) -> Result<i64, EngineError> {
+pub fn parse_cpus(value: &str, isolation: Option<BackendKind>) -> Result<i64, EngineError> {
     let cpus: f64 = value
         .parse()
         .map_err(|_| invalid("--cpus", value, "expected a number of CPUs such as 1.5"))?;
-    let host = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1) as f64;
-    if !(0.01..=host).contains(&cpus) {
+    let (max, limit) = if isolation == Some(BackendKind::Vm) {
+        // A VM gets vCPUs (the quota rounded up); they may outnumber the host's CPUs.
+        let max = f64::from(crate::vm::plan::MAX_VCPUS);
+        (max, format!("a VM has at most {max} vCPUs"))
+    } else {
+        let host = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1) as f64;
+        (host, format!("this host has {host} CPUs"))
+    };
+    if !(0.01..=max).contains(&cpus) {
         return Err(invalid(
             "--cpus",
             value,
-            format!("the range is 0.01 to {host:.2}: this host has {host} CPUs"),
+            format!("the range is 0.01 to {max:.2}: {limit}"),
         ));
     }
     Ok((cpus * CPU_PERIOD_US as f64).round() as i64)
@@ -325,11 +333,14 @@ mod tests {
 
     #[test]
     fn cpus_become_a_quota() {
-        assert_eq!(parse_cpus("0.5").unwrap(), 50_000);
-        assert_eq!(parse_cpus("1").unwrap(), 100_000);
-        assert!(parse_cpus("0").is_err());
-        assert!(parse_cpus("100000").is_err());
-        assert!(parse_cpus("two").is_err());
+        assert_eq!(parse_cpus("0.5", None).unwrap(), 50_000);
+        assert_eq!(parse_cpus("1", None).unwrap(), 100_000);
+        assert!(parse_cpus("0", None).is_err());
+        assert!(parse_cpus("100000", None).is_err());
+        assert!(parse_cpus("two", None).is_err());
+        // VMs get vCPUs, which may outnumber the host's CPUs.
+        assert_eq!(parse_cpus("32", Some(BackendKind::Vm)).unwrap(), 3_200_000);
+        assert!(parse_cpus("33", Some(BackendKind::Vm)).is_err());
     }
 
     #[test]

@@ -20,6 +20,7 @@ use crate::image::{Image, ImageStore};
 use crate::lifecycle::{ContainerBuilder, forward_signals_to, hold_signals, tty, wait_for_exit};
 use crate::spec::{SpecError, SpecOptions, from_image};
 use crate::state::rfc3339_now;
+use crate::vm::assets::KERNEL_ANNOTATION;
 
 /// Everything `twinbox run IMAGE` was asked for.
 #[derive(Debug, Clone, Default)]
@@ -47,6 +48,8 @@ pub struct RunRequest {
     pub network: NetworkMode,
     /// `--isolation` (None: the default backend).
     pub isolation: Option<BackendKind>,
+    /// `--kernel`: the guest kernel of a VM.
+    pub kernel: Option<PathBuf>,
     /// `--stop-signal`.
     pub stop_signal: Option<String>,
     /// `--stop-timeout` in seconds.
@@ -305,6 +308,9 @@ impl Engine {
         }
         if let Some(kind) = request.isolation {
             set(ISOLATION_ANNOTATION, kind.to_string());
+        }
+        if let Some(kernel) = &request.kernel {
+            set(KERNEL_ANNOTATION, kernel.display().to_string());
         }
         if !named_volumes.is_empty() {
             set(annotations::VOLUMES, named_volumes.join(","));

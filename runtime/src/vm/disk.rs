@@ -133,6 +133,7 @@ fn build_from_layers(layers: &[PathBuf], staging: &Path, target: &Path) -> Resul
         Err(errno) => {
             tracing::debug!(%errno, "overlayfs unavailable; flattening the layers to build the VM image");
             let flat = staging.join("flat");
+            std::fs::create_dir(&flat).map_err(VmError::io("creating", &flat))?;
             crate::image::flatten::flatten(layers, &flat)
                 .map_err(VmError::io("copying the image layers to", &flat))?;
             mkfs_erofs(&flat, target)

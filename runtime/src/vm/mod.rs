@@ -37,10 +37,9 @@ use crate::container::{self, ContainerBackend};
 use crate::state::{ContainerRecord, ProcessIdentity};
 use notify::{Notice, NoticeListener};
 
-/// Annotation naming the image store that holds the container's image (set by `twinbox run`).
-pub const STORE_ANNOTATION: &str = "io.twinbox.store";
-/// Annotation with the container's image id (set by `twinbox run`).
-pub const IMAGE_ID_ANNOTATION: &str = "io.twinbox.image.id";
+/// The annotations `twinbox run` sets that name the image store holding the container's image
+/// and the image's id: a VM's root filesystem disk is built from them.
+pub use crate::engine::annotations::{IMAGE_ID as IMAGE_ID_ANNOTATION, STORE as STORE_ANNOTATION};
 
 /// Default seconds the guest agent may take to connect.
 pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(10);
