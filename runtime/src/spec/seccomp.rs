@@ -140,9 +140,6 @@ const ALWAYS_ALLOWED: &[&str] = &[
     "io_pgetevents_time64",
     "io_submit",
     "io_cancel",
-    "io_uring_setup",
-    "io_uring_enter",
-    "io_uring_register",
     "memfd_create",
     "memfd_secret",
     "name_to_handle_at",
@@ -554,4 +551,35 @@ pub fn default_profile(caps: &[Capability]) -> Result<LinuxSeccomp, SpecError> {
         .syscalls(syscalls)
         .build()
         .map_err(SpecError::build)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn allowed(profile: &LinuxSeccomp) -> Vec<String> {
+        profile
+            .syscalls()
+            .iter()
+            .flatten()
+            .filter(|rule| rule.action() == LinuxSeccompAction::ScmpActAllow)
+            .flat_map(|rule| rule.names().clone())
+            .collect()
+    }
+
+    #[test]
+    fn io_uring_is_refused_even_with_every_capability() {
+        // io_uring bypasses seccomp for the operations it submits (Docker blocks it too).
+        let all_caps: Vec<Capability> = CAPABILITY_GROUPS.iter().map(|(c, _)| *c).collect();
+        for caps in [&[][..], &all_caps[..]] {
+            let names = allowed(&default_profile(caps).unwrap());
+            assert!(names.iter().any(|n| n == "read"), "sanity: read is allowed");
+            for call in ["io_uring_setup", "io_uring_enter", "io_uring_register"] {
+                assert!(
+                    !names.iter().any(|n| n == call),
+                    "{call} must not be allowed"
+                );
+            }
+        }
+    }
 }
