@@ -142,11 +142,16 @@ impl EmulatedCompare {
 }
 
 /// Lists what a compare run may leave in L1, one line each: work directories, cgroups,
-/// mounts and processes of its sandboxes (ids `tbc<pid>-...`), container roots in the store.
+/// mounts and processes of its sandboxes (ids `tbc<pid>-...`), any twinbox process (a VMM,
+/// a shim), container roots in the store.
 /// (The process pattern is written so that this script's own command line does not match.)
 const LEFTOVERS: &str = r#"ls -d /run/twinbox-compare-* /sys/fs/cgroup/twinbox-compare-* 2>/dev/null
 grep -e tbc -e twinbox-compare /proc/self/mountinfo
-for p in /proc/[0-9]*; do c=$(tr '\0' ' ' < $p/cmdline 2>/dev/null); case "$c" in *tb[c][0-9]*) echo "process: $c";; esac; done
+for p in /proc/[0-9]*; do
+	c=$(tr '\0' ' ' < $p/cmdline 2>/dev/null)
+	case "$c" in *tb[c][0-9]*) echo "process: $c"; continue;; esac
+	[ "$(readlink $p/exe)" = /job/twinbox ] && echo "twinbox process: $c"
+done
 ls /tmp/store/containers 2>/dev/null | sed 's/^/container root: /'
 true"#;
 

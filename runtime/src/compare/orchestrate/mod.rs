@@ -635,6 +635,13 @@ fn measure(
         result.density = Some(series);
     }
 
+    if lane.vm {
+        result.notes.push(format!(
+            "{}: the VM phases (VMM start, kernel boot, agent ready) are not measured: the VM \
+             backend does not report its VMM's boot timer through the runtime CLI yet",
+            lane.id
+        ));
+    }
     let phases = Distribution::from_durations(&setups)
         .map(|distribution| PhaseTimes {
             phase: Phase::ContainerSetup,
