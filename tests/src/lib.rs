@@ -6,6 +6,7 @@ pub mod chromium;
 pub mod docker;
 pub mod engines;
 pub mod guest_kernel;
+pub mod kvm_compare;
 pub mod kvm_host;
 pub mod oci;
 pub mod registry;
@@ -24,14 +25,17 @@ pub use twinbox::vm::cpio;
 use std::path::{Path, PathBuf};
 
 /// Directory holding the workspace's built binaries (the profile directory of the running
-/// test executable: `target/<triple>/<profile>/`).
+/// test executable or fixture binary: `target/<triple>/<profile>/`).
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe of the test binary");
-    // target/<triple>/<profile>/deps/<test-binary>
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("test binary lives in target/<triple>/<profile>/deps")
-        .to_path_buf()
+    // target/<triple>/<profile>/deps/<test-binary>, or target/<triple>/<profile>/<binary>
+    // for this crate's own binaries (kvm-host, kvm-compare).
+    let dir = exe.parent().expect("an executable lives in a directory");
+    if dir.file_name().is_some_and(|name| name == "deps") {
+        dir.parent().unwrap_or(dir).to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 /// Directory of the build caches shared with `make kernel` and `guest/kernel/build.sh` (the

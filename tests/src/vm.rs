@@ -102,14 +102,18 @@ pub fn stripped(binary: &Path, dir: &Path) -> PathBuf {
     out
 }
 
-/// Commands that run first in the job: cgroup2, /dev/shm, `twinbox-vm` on the PATH, the
-/// bundles, and podman's private storage and configuration (podman calls `twinbox-vm` with a
-/// clean environment, so twinbox's own config is installed at /etc/twinbox/config.toml).
-const SETUP: &str = r#"mount -t cgroup2 none /sys/fs/cgroup
+/// Commands that run first in every twinbox job: cgroup2, /dev/shm, `twinbox` and
+/// `twinbox-vm` on the PATH.
+pub const TWINBOX_SETUP: &str = r#"mount -t cgroup2 none /sys/fs/cgroup
 mkdir -p /dev/shm && mount -t tmpfs tmpfs /dev/shm
 mkdir -p /usr/local/bin && ln -s /job/twinbox /usr/local/bin/twinbox-vm && ln -s /job/twinbox /usr/local/bin/twinbox
-tar -C / -xf /job/bundles.tar
 export PATH=/usr/local/bin:$PATH
+"#;
+
+/// Commands that run next in the VM tests' jobs: the bundles, and podman's private storage
+/// and configuration (podman calls `twinbox-vm` with a clean environment, so twinbox's own
+/// config is installed at /etc/twinbox/config.toml).
+const BUNDLES_AND_PODMAN_SETUP: &str = r#"tar -C / -xf /job/bundles.tar
 mkdir -p /tmp/podman /var/tmp
 cat > /tmp/podman/storage.conf <<EOF
 [storage]
@@ -137,13 +141,26 @@ export CONTAINERS_STORAGE_CONF=/tmp/podman/storage.conf CONTAINERS_CONF=/tmp/pod
 /// A step script that starts with the VM tests' setup: cgroup2, `twinbox-vm` on the PATH,
 /// the bundles unpacked, podman configured to use `twinbox-vm`.
 pub fn vm_steps() -> StepScript {
-    StepScript::new().setup(SETUP)
+    StepScript::new()
+        .setup(TWINBOX_SETUP)
+        .setup(BUNDLES_AND_PODMAN_SETUP)
 }
 
 /// The job running `steps` (made with [`vm_steps`]) with `bundles`, the binaries under test,
 /// the guest kernel, and podman with conmon, in a root that container runtimes can pivot from. `work` holds the
 /// stripped binaries.
 pub fn vm_job(steps: &StepScript, bundles: &Bundles, work: &Path, timeout: Duration) -> Job {
+    twinbox_job(steps, work, timeout)
+        .file(bundles.tarball(), "/job/bundles.tar")
+        .file("/etc/containers/policy.json", "/etc/containers/policy.json")
+        .program("/usr/bin/podman", "/usr/bin/podman")
+        .program("/usr/bin/conmon", "/usr/bin/conmon")
+}
+
+/// The job running `steps` (starting with [`TWINBOX_SETUP`]) with twinbox (stripped into
+/// `work`), its guest agent, the guest kernel at /l2/vmlinux with a config that boots it, and
+/// the filesystem tools the VM backend runs, in a root that container runtimes can pivot from.
+pub fn twinbox_job(steps: &StepScript, work: &Path, timeout: Duration) -> Job {
     let kernel = crate::guest_kernel();
     let twinbox = stripped(&crate::twinbox_bin(), work);
     let agent = crate::workspace_bin("twinbox-agent");
@@ -157,16 +174,12 @@ pub fn vm_job(steps: &StepScript, bundles: &Bundles, work: &Path, timeout: Durat
     .file(&twinbox, "/job/twinbox")
     .file(&agent, "/job/twinbox-agent")
     .file(&kernel.vmlinux, "/l2/vmlinux")
-    .file(bundles.tarball(), "/job/bundles.tar")
     .data(
         "/etc/twinbox/config.toml",
         config.as_bytes().to_vec(),
         0o644,
     )
-    .file("/etc/containers/policy.json", "/etc/containers/policy.json")
     .program("/usr/bin/mkfs.erofs", "/usr/bin/mkfs.erofs")
     .program("/sbin/mke2fs", "/sbin/mkfs.ext4")
-    .program("/usr/bin/podman", "/usr/bin/podman")
-    .program("/usr/bin/conmon", "/usr/bin/conmon")
     .timeout(timeout)
 }

@@ -434,3 +434,56 @@ fn workloads_exit_with_any_status_but_a_missing_one_fails_its_runs() {
         missing.header.notes
     );
 }
+
+/// VM mode through `kvm-compare`'s library: one L1 boot runs `twinbox compare --modes
+/// container,vm` with N=2 and K=1 in the emulated KVM host and brings the report back.
+#[test]
+fn vm_mode_in_the_emulated_host_reports_both_modes_with_the_note() {
+    use twinbox::compare::report::{ColumnStatus, KvmKind};
+    let store = store_with_busybox();
+    let work = tempfile::tempdir().unwrap();
+    let run = twinbox_tests::kvm_compare::EmulatedCompare {
+        store_root: store.root(),
+        image: IMAGE.to_string(),
+        compare_args: "--modes container,vm --peers none --runs 2 --density 1"
+            .split_whitespace()
+            .map(str::to_string)
+            .collect(),
+        timeout: Duration::from_secs(150),
+    }
+    .run(twinbox_tests::kvm_host(), work.path())
+    .unwrap_or_else(|error| panic!("{error}"));
+    assert!(run.leftovers.is_empty(), "left in L1: {:#?}", run.leftovers);
+
+    let (report, _) = validated_report(&run.report_json);
+    assert_eq!(report.header.kvm.kind, KvmKind::Emulated);
+    let note = report.header.kvm.note.as_deref().unwrap_or_default();
+    assert!(
+        note.contains("emulated") && note.contains("ratios"),
+        "{note}"
+    );
+    for id in ["container", "vm"] {
+        assert_eq!(*status(&report, id), ColumnStatus::Ok, "{id}: {}", run.log);
+        let times = report.start_time.iter().find(|s| s.column == id).unwrap();
+        let start = times.workload_start.as_ref().unwrap();
+        assert_eq!((start.count, times.failures), (2, 0), "{id}");
+        let weight = report.weight.iter().find(|w| w.column == id).unwrap();
+        assert!(weight.pss_bytes > 0, "{id}: {weight:?}");
+        let density = report.density.iter().find(|d| d.column == id).unwrap();
+        assert_eq!(density.points.len(), 1, "{id}: {density:?}");
+        assert_eq!(density.points[0].sandboxes, 1, "{id}: {density:?}");
+    }
+    // The report was made in L1: the container shares L1's kernel, the VM runs its own.
+    let container = cell(&report, "kernel.identity", "container");
+    assert!(
+        !container.isolated && container.observed.contains(&report.header.kernel),
+        "{container:?} vs L1 kernel {}",
+        report.header.kernel
+    );
+    let vm = cell(&report, "kernel.identity", "vm");
+    assert!(
+        vm.isolated && !vm.observed.contains(&report.header.kernel),
+        "{vm:?} vs L1 kernel {}",
+        report.header.kernel
+    );
+}

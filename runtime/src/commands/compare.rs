@@ -1,12 +1,9 @@
 //! `twinbox compare`: options -> [`crate::compare::orchestrate::compare`] -> rendered report.
 
-use std::path::Path;
-
 use crate::cli::GlobalOpts;
 use crate::cli::compare::{CompareArgs, CompareFormat, CompareMode, ComparePeer};
 use crate::compare::orchestrate::{self, CompareOptions, Mode, OrchestrateError, Peer};
 use crate::compare::render::{self, Format};
-use crate::compare::report::Report;
 
 /// Runs `twinbox compare`; returns the exit code (130 when interrupted).
 pub fn run(global: &GlobalOpts, args: CompareArgs) -> i32 {
@@ -77,7 +74,7 @@ fn execute(global: &GlobalOpts, args: CompareArgs) -> Result<(), OrchestrateErro
     }
     let report = orchestrate::compare(options)?;
     if let Some(dir) = &args.out {
-        write_out(&report, dir)?;
+        orchestrate::write_out(&report, dir)?;
     }
     let format = match args.format {
         CompareFormat::Table => Format::Table,
@@ -85,23 +82,5 @@ fn execute(global: &GlobalOpts, args: CompareArgs) -> Result<(), OrchestrateErro
         CompareFormat::Html => Format::Html,
     };
     print!("{}", render::render(&report, format)?);
-    Ok(())
-}
-
-/// Writes report.json, report.html and report.txt into `dir`.
-pub fn write_out(report: &Report, dir: &Path) -> Result<(), OrchestrateError> {
-    std::fs::create_dir_all(dir).map_err(|source| OrchestrateError::Io {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    for (name, format) in [
-        ("report.json", Format::Json),
-        ("report.html", Format::Html),
-        ("report.txt", Format::Table),
-    ] {
-        let path = dir.join(name);
-        std::fs::write(&path, render::render(report, format)?)
-            .map_err(|source| OrchestrateError::Io { path, source })?;
-    }
     Ok(())
 }

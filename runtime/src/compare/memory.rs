@@ -1,7 +1,7 @@
 //! Host memory of a sandbox: PSS and USS of its host processes from `smaps_rollup`.
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::CompareError;
 
@@ -41,12 +41,22 @@ pub fn parse_smaps_rollup(text: &str) -> MemoryUsage {
 }
 
 /// Sums the memory of `pids` (a process that exited meanwhile is an error: measure idle
-/// sandboxes). Kernel threads, whose `smaps_rollup` is empty, count as zero.
+/// sandboxes). Kernel threads and zombies, which have no address space, count as zero.
 pub fn memory_usage(pids: &[u32]) -> Result<MemoryUsage, CompareError> {
     pids.iter().try_fold(MemoryUsage::default(), |total, pid| {
         let path = PathBuf::from(format!("/proc/{pid}/smaps_rollup"));
-        let text =
-            std::fs::read_to_string(&path).map_err(|source| CompareError::Read { path, source })?;
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            // A process without an address space (a kernel thread in the sandbox's cgroup, as
+            // KVM's per-VM workers on some kernels, or a zombie) has no memory of its own.
+            Err(source)
+                if source.raw_os_error() == Some(libc::ESRCH)
+                    && Path::new(&format!("/proc/{pid}/stat")).exists() =>
+            {
+                String::new()
+            }
+            Err(source) => return Err(CompareError::Read { path, source }),
+        };
         let one = parse_smaps_rollup(&text);
         Ok(MemoryUsage {
             pss_bytes: total.pss_bytes + one.pss_bytes,

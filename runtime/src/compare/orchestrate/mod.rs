@@ -197,8 +197,10 @@ pub struct Context {
     pub image: Image,
     /// Its config.
     pub image_config: ImageConfiguration,
-    /// The probe binary on the host.
-    pub probe: PathBuf,
+    /// The host directory holding the probe, a private copy bind-mounted into every sandbox
+    /// as the directory of [`IN_SANDBOX_PATH`] (a VM receives a directory by sharing, while a
+    /// file is copied by value and limited in size).
+    pub probe_dir: PathBuf,
     /// The work directory (dropped last).
     pub workspace: Workspace,
     host: HostFacts,
@@ -249,9 +251,11 @@ pub fn vm_unavailable(kind: KvmKind) -> Option<String> {
     match kind {
         KvmKind::Pvm => Some(
             "this host's /dev/kvm is PVM (kvm_pvm), which cannot boot twinbox's stock guest \
-             kernel: measure VM mode on a host with hardware KVM (VMX/SVM), or inside an \
-             emulated KVM host (see README, \"twinbox compare\"); container mode and the \
-             peers are measured here"
+             kernel: measure VM mode on a host with hardware KVM (VMX/SVM), or inside the \
+             emulated KVM host, which measures container and VM mode side by side: \
+             `cargo run --release -p twinbox-tests --bin kvm-compare -- IMAGE --runs N` \
+             (see README, \"twinbox compare\"); container mode and the peers are measured \
+             here"
                 .to_string(),
         ),
         KvmKind::None => Some(
@@ -406,6 +410,7 @@ pub fn compare(options: CompareOptions) -> Result<Report, OrchestrateError> {
     let probe = super::probe::probe_binary()?;
     let host = HostFacts::collect()?;
     let workspace = Workspace::create(options.work_parent.as_deref())?;
+    let probe_dir = workspace.probe_dir(&probe)?;
     let wants_vm = options.modes.contains(&Mode::Vm)
         || options
             .peers
@@ -426,7 +431,7 @@ pub fn compare(options: CompareOptions) -> Result<Report, OrchestrateError> {
         store,
         image,
         image_config,
-        probe,
+        probe_dir,
         workspace,
         host,
     };
@@ -485,6 +490,24 @@ pub fn compare(options: CompareOptions) -> Result<Report, OrchestrateError> {
     };
     report.check_columns()?;
     Ok(report)
+}
+
+/// Writes report.json, report.html and report.txt into `dir`.
+pub fn write_out(report: &Report, dir: &Path) -> Result<(), OrchestrateError> {
+    std::fs::create_dir_all(dir).map_err(|source| OrchestrateError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    for (name, format) in [
+        ("report.json", super::render::Format::Json),
+        ("report.html", super::render::Format::Html),
+        ("report.txt", super::render::Format::Table),
+    ] {
+        let path = dir.join(name);
+        std::fs::write(&path, super::render::render(report, format)?)
+            .map_err(|source| OrchestrateError::Io { path, source })?;
+    }
+    Ok(())
 }
 
 fn check_interrupt() -> Result<(), OrchestrateError> {
@@ -574,7 +597,6 @@ fn measure(
     let progress = bar(ctx, lane, "weight", u64::from(WEIGHT_SAMPLES));
     let mut setups = Vec::new();
     let mut idle = Vec::new();
-    let mut usage = MemoryUsage::default();
     for _ in 0..WEIGHT_SAMPLES {
         check_interrupt()?;
         let mut sandbox = Sandbox::prepare(ctx, lane, next(), idle_argv.clone())?;
@@ -584,11 +606,7 @@ fn measure(
         progress.inc(1);
     }
     progress.finish_and_clear();
-    for sandbox in &idle {
-        let one = memory_usage(&sandbox.host_processes()?)?;
-        usage.pss_bytes += one.pss_bytes;
-        usage.uss_bytes += one.uss_bytes;
-    }
+    let usage = measure_all(&idle)?;
     let mut disk = DiskCounter::new();
     let mut shared = 0;
     for dir in sandbox::image_dirs(&ctx.store, &ctx.image)? {
@@ -617,6 +635,13 @@ fn measure(
         result.density = Some(series);
     }
 
+    if lane.vm {
+        result.notes.push(format!(
+            "{}: the VM phases (VMM start, kernel boot, agent ready) are not measured: the VM \
+             backend does not report its VMM's boot timer through the runtime CLI yet",
+            lane.id
+        ));
+    }
     let phases = Distribution::from_durations(&setups)
         .map(|distribution| PhaseTimes {
             phase: Phase::ContainerSetup,
@@ -812,7 +837,7 @@ mod tests {
         assert!(
             vm_unavailable(KvmKind::Pvm)
                 .unwrap()
-                .contains("hardware KVM")
+                .contains("--bin kvm-compare -- IMAGE")
         );
         assert!(vm_unavailable(KvmKind::None).unwrap().contains("/dev/kvm"));
         assert_eq!(vm_unavailable(KvmKind::Hardware), None);

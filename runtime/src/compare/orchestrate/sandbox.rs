@@ -58,6 +58,16 @@ impl Workspace {
         Ok(path)
     }
 
+    /// A directory in the workspace holding a copy of `probe` under the probe's in-sandbox
+    /// name, and nothing else: what the sandboxes bind-mount.
+    pub fn probe_dir(&self, probe: &Path) -> Result<PathBuf, OrchestrateError> {
+        let dir = self.dir.join("probe");
+        std::fs::create_dir_all(&dir).map_err(|e| OrchestrateError::io(&dir, e))?;
+        let copy = dir.join(probe_file_name());
+        std::fs::copy(probe, &copy).map_err(|e| OrchestrateError::io(&copy, e))?;
+        Ok(dir)
+    }
+
     /// The cgroup directories a sandbox cgroup parent may have left, on v1 and v2.
     pub fn cgroup_dirs(&self) -> Vec<PathBuf> {
         cgroup_dirs(&self.cgroup_parent)
@@ -316,8 +326,16 @@ impl Drop for Sandbox<'_> {
     }
 }
 
-/// The runtime spec of one sandbox: the image's, with `argv` as the process, the probe
-/// bind-mounted read-only, the configured memory and pids limits, a cgroup under the
+/// The probe's file name inside the sandbox (and in the workspace's probe directory).
+fn probe_file_name() -> &'static str {
+    IN_SANDBOX_PATH
+        .rsplit('/')
+        .next()
+        .unwrap_or(IN_SANDBOX_PATH)
+}
+
+/// The runtime spec of one sandbox: the image's, with `argv` as the process, the probe's
+/// directory bind-mounted read-only, the configured memory and pids limits, a cgroup under the
 /// workspace's parent, and the VM annotation for VM lanes.
 fn bundle_spec(
     ctx: &Context,
@@ -347,9 +365,13 @@ fn bundle_spec(
     spec.set_root(Some(root));
 
     let probe_mount = MountBuilder::default()
-        .destination(IN_SANDBOX_PATH)
+        .destination(
+            Path::new(IN_SANDBOX_PATH)
+                .parent()
+                .unwrap_or(Path::new("/")),
+        )
         .typ("bind")
-        .source(&ctx.probe)
+        .source(&ctx.probe_dir)
         .options(vec!["bind".into(), "ro".into(), "nosuid".into()])
         .build()
         .map_err(build)?;
