@@ -118,10 +118,19 @@ pub fn file_key(path: &Path) -> std::io::Result<String> {
     let meta = std::fs::metadata(path)?;
     let mut hash = sha2::Sha256::new();
     hash.update(path.as_os_str().as_encoded_bytes());
+    hash.update(meta.dev().to_le_bytes());
+    hash_file_version(&mut hash, &meta);
+    Ok(hex::encode(&hash.finalize()[..12]))
+}
+
+/// Feeds what changes whenever a file's content may have changed (inode, size, device
+/// number, mtime and ctime to the nanosecond) into `hash`: the cheap version stamp that
+/// [`file_key`] and the content key of rootfs directories share.
+pub(crate) fn hash_file_version(hash: &mut sha2::Sha256, meta: &std::fs::Metadata) {
     for value in [
-        meta.dev(),
         meta.ino(),
         meta.size(),
+        meta.rdev(),
         meta.mtime() as u64,
         meta.mtime_nsec() as u64,
         meta.ctime() as u64,
@@ -129,7 +138,6 @@ pub fn file_key(path: &Path) -> std::io::Result<String> {
     ] {
         hash.update(value.to_le_bytes());
     }
-    Ok(hex::encode(&hash.finalize()[..12]))
 }
 
 /// Writes `path` atomically: built in a temporary file next to it, then renamed, so that

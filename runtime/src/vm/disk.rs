@@ -15,7 +15,7 @@ use nix::mount::MntFlags;
 use sha2::Digest as _;
 
 use super::VmError;
-use super::assets::write_atomic_with;
+use super::assets::{hash_file_version, write_atomic_with};
 use crate::image::{Image, ImageStore};
 
 /// Filesystem of the root filesystem images.
@@ -163,17 +163,7 @@ pub fn content_key(root: &Path) -> std::io::Result<String> {
                 pending.push(relative);
                 continue;
             }
-            for value in [
-                meta.size(),
-                meta.ino(),
-                meta.rdev(),
-                meta.mtime() as u64,
-                meta.mtime_nsec() as u64,
-                meta.ctime() as u64,
-                meta.ctime_nsec() as u64,
-            ] {
-                hash.update(value.to_le_bytes());
-            }
+            hash_file_version(&mut hash, &meta);
             if meta.file_type().is_symlink() {
                 hash.update(std::fs::read_link(&path)?.as_os_str().as_encoded_bytes());
             }
