@@ -97,7 +97,7 @@ pub fn serve(conn: File) -> i32 {
             return 1;
         }
     };
-    match run(&mut conn, &mut workload, &signals) {
+    match run(&mut conn, &mut workload, &signals, request.start) {
         Ok(()) => 0,
         Err(error) => {
             eprintln!("twinbox-agent: main session: {error}");
@@ -112,21 +112,28 @@ fn run(
     conn: &mut Conn,
     workload: &mut Workload,
     signals: &nix::sys::signalfd::SignalFd,
+    start_now: bool,
 ) -> Result<(), ProtocolError> {
     conn.send(&Message::Created {
         pid: workload.process.pid,
     })?;
     let exec_fifo = workload.exec_fifo.clone();
     let pid = workload.process.pid;
+    let start = |conn: &mut Conn| {
+        if let Err(error) = release(&exec_fifo) {
+            // The init is gone or stuck: make sure it is gone; its exit ends the session.
+            let _ = send_signal(pid, libc::SIGKILL, true);
+            reply_error(conn, error);
+        }
+    };
+    if start_now {
+        start(conn);
+    }
     let status = workload
         .process
         .run(conn, signals, |message, conn| match message {
             Message::Start => {
-                if let Err(error) = release(&exec_fifo) {
-                    // The init is gone or stuck: make sure it is gone; its exit ends the session.
-                    let _ = send_signal(pid, libc::SIGKILL, true);
-                    reply_error(conn, error);
-                }
+                start(conn);
                 Ok(Flow::Continue)
             }
             Message::Shutdown => Ok(Flow::Shutdown),

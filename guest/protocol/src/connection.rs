@@ -113,7 +113,20 @@ impl<S: Read + Write + AsFd> Connection<S> {
 
     /// Sends our hello and checks the peer's (which must come within `timeout`).
     pub fn handshake(&mut self, software: &str, timeout: Duration) -> Result<Hello, ProtocolError> {
-        self.send(&Message::Hello(Hello::ours(software)))?;
+        self.greet(software)?;
+        self.expect_hello(timeout)
+    }
+
+    /// Sends our hello without waiting for the peer's: a side that knows its next message
+    /// sends it right behind (pipelining saves a round trip), then calls
+    /// [`Connection::expect_hello`]. A peer of another version refuses our hello before it
+    /// reads further.
+    pub fn greet(&mut self, software: &str) -> Result<(), ProtocolError> {
+        self.send(&Message::Hello(Hello::ours(software)))
+    }
+
+    /// Checks the peer's hello, which must come within `timeout`.
+    pub fn expect_hello(&mut self, timeout: Duration) -> Result<Hello, ProtocolError> {
         match self.recv_message(Some(timeout))? {
             Message::Hello(hello) => {
                 hello.check()?;
@@ -201,6 +214,24 @@ mod tests {
             conn.recv(Some(Duration::from_secs(5))),
             Err(ProtocolError::Closed)
         ));
+    }
+
+    #[test]
+    fn a_pipelined_greeting_reaches_a_peer_that_handshakes() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let mut conn = Connection::new(a);
+        // The host greets and sends its next message before hearing from the peer.
+        conn.greet("host").unwrap();
+        conn.send(&Message::Start).unwrap();
+        let peer = std::thread::spawn(move || {
+            let mut conn = Connection::new(b);
+            let hello = conn.handshake("agent", Duration::from_secs(5)).unwrap();
+            let next = conn.recv_message(Some(Duration::from_secs(5))).unwrap();
+            (hello.software, next)
+        });
+        let hello = conn.expect_hello(Duration::from_secs(5)).unwrap();
+        assert_eq!(hello.software, "agent");
+        assert_eq!(peer.join().unwrap(), ("host".to_string(), Message::Start));
     }
 
     #[test]

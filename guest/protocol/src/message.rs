@@ -13,10 +13,12 @@ use crate::{PROTOCOL_VERSION, ProtocolError};
 pub enum Message {
     /// First message of both sides in every session.
     Hello(Hello),
-    /// Host: set up the sandbox and create the workload, stopped before its program (main
-    /// session only).
+    /// Host: set up the sandbox and create the workload, stopped before its program unless
+    /// [`CreateRequest::start`] (main session only). The host may send it right behind its
+    /// hello, before the agent's hello arrived.
     Create(Box<CreateRequest>),
-    /// Agent: the workload exists (its pid in the guest) and waits for [`Message::Start`].
+    /// Agent: the workload exists (its pid in the guest) and waits for [`Message::Start`]
+    /// (or already runs, when created with [`CreateRequest::start`]).
     Created {
         /// Guest pid of the workload's init.
         pid: i32,
@@ -152,6 +154,10 @@ pub struct CreateRequest {
     /// The host's wall clock (ns since the epoch) when it sent the request; the agent sets
     /// the guest clock from it when they differ by more than a second.
     pub host_time_ns: u64,
+    /// Start the workload as soon as it is created, without waiting for
+    /// [`Message::Start`] (`run` = create + start: saves a round trip to the host).
+    #[serde(default)]
+    pub start: bool,
 }
 
 /// The workload's root filesystem: a read-only image disk under a writable layer.

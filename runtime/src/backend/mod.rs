@@ -131,6 +131,9 @@ pub struct CreateOptions {
     pub preserve_fds: u32,
     /// stdin, stdout, stderr for the container (default: the caller's).
     pub stdio: Option<[OwnedFd; 3]>,
+    /// The caller starts the container right after creating it (`run`): a backend may let
+    /// the workload run as soon as it is created, provided `start` still succeeds after.
+    pub start_on_create: bool,
 }
 
 /// Everything a backend needs to create a container.

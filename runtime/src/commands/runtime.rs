@@ -143,7 +143,7 @@ fn run_bundle(global: &GlobalOpts, root: &RunRoot, bundle: &Path, args: RunArgs)
             "a detached container with process.terminal needs --console-socket".to_string(),
         ));
     }
-    let mut builder = builder(global, root, id, bundle, args.flags);
+    let mut builder = builder(global, root, id, bundle, args.flags).start_on_create(true);
     let console = if own_terminal {
         let (ours, theirs) = tty::console_pair().map_err(|e| format!("console socket: {e}"))?;
         builder = builder.console_socket_fd(theirs);

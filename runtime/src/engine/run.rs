@@ -334,7 +334,8 @@ impl Engine {
     ) -> Result<(ContainerBuilder, Option<UnixStream>), EngineError> {
         let builder = ContainerBuilder::new(self.run_root.clone(), &setup.id, &setup.bundle)
             .spec(spec)
-            .isolation(request.isolation);
+            .isolation(request.isolation)
+            .start_on_create(true);
         if !request.spec.terminal {
             return Ok((builder, None));
         }

@@ -204,8 +204,16 @@ impl ContainerBuilder {
         self
     }
 
+    /// Says that `start` follows right after `create` (`run`): the VM backend then starts
+    /// the workload in the guest without waiting for `start`'s round trip.
+    pub fn start_on_create(mut self, yes: bool) -> Self {
+        self.options.start_on_create = yes;
+        self
+    }
+
     /// Creates the container: on success its init is alive and blocked before the user
-    /// program; on failure nothing of it remains.
+    /// program (or, with [`ContainerBuilder::start_on_create`], possibly already running
+    /// it); on failure nothing of it remains.
     pub fn create(mut self) -> Result<Container, LifecycleError> {
         crate::state::validate_id(&self.id)?;
         let bundle = std::path::absolute(&self.bundle).unwrap_or(self.bundle.clone());

@@ -42,6 +42,9 @@ pub const GUEST_DIED: i32 = 255;
 const POWER_OFF_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the workload's last output may take to reach a slow reader.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the init of a container started on create stays for `run`'s own `start` call
+/// after the workload ended.
+const START_GRACE: Duration = Duration::from_secs(10);
 
 /// What the init is told (paths are inside the jail).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -230,7 +233,14 @@ pub fn main(config_path: &Path) -> i32 {
         .as_ref()
         .and_then(|p| p.terminal())
         .unwrap_or(false);
-    run(conn, vm, &signals, terminal, &config.sync_dirs)
+    run(
+        conn,
+        vm,
+        &signals,
+        terminal,
+        &config.sync_dirs,
+        config.request.start,
+    )
 }
 
 /// The signals that end the wait for a guest that is not ready yet.
@@ -299,10 +309,18 @@ fn boot(
             ),
         )
     };
-    match conn.handshake(
-        &format!("twinbox {}", env!("CARGO_PKG_VERSION")),
-        REPLY_TIMEOUT,
-    ) {
+    // Hello and create go out together: the agent reads the create request as soon as it
+    // has checked our hello, without waiting for a round trip.
+    conn.greet(&format!("twinbox {}", env!("CARGO_PKG_VERSION")))
+        .map_err(|e| lost(vm, e, "greeting the guest agent"))?;
+    let mut request = config.request.clone();
+    request.host_time_ns = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    conn.send(&Message::Create(Box::new(request)))
+        .map_err(|e| lost(vm, e, "sending the workload to the guest"))?;
+    match conn.expect_hello(REPLY_TIMEOUT) {
         Ok(_) => {}
         Err(ProtocolError::VersionMismatch {
             ours,
@@ -321,13 +339,6 @@ fn boot(
         }
         Err(error) => return Err(lost(vm, error, "the guest agent's hello failed")),
     }
-    let mut request = config.request.clone();
-    request.host_time_ns = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    conn.send(&Message::Create(Box::new(request)))
-        .map_err(|e| lost(vm, e, "sending the workload to the guest"))?;
     match conn.recv_message(Some(REPLY_TIMEOUT)) {
         Ok(Message::Created { pid }) => {
             tracing::debug!(pid, "the guest created the workload");
@@ -394,6 +405,7 @@ fn run(
     signals: &Signals,
     terminal: bool,
     sync_dirs: &[(u32, PathBuf)],
+    started_on_create: bool,
 ) -> i32 {
     let (terminal, mut relay) = match hostio::attach(&mut conn, terminal) {
         Ok(attached) => attached,
@@ -443,7 +455,7 @@ fn run(
                 }
                 Event::Extra(_) => {
                     start = None;
-                    if let Err(error) = conn.send(&Message::Start) {
+                    if !started_on_create && let Err(error) = conn.send(&Message::Start) {
                         tracing::warn!("sending start: {error}");
                     }
                 }
@@ -464,6 +476,11 @@ fn run(
     }
     relay.flush(FLUSH_TIMEOUT);
     drop(terminal);
+    if started_on_create && let Some(start) = &start {
+        // `run` started the workload with its creation and calls `start` next: stay until
+        // it has, so it finds the container created, not gone.
+        let _ = twinbox_protocol::wait_readable(start.as_raw_fd(), Some(START_GRACE));
+    }
     let code = match (exit, guest_failure) {
         (Some(status), _) => status.code,
         (None, reason) => {

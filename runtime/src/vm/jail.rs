@@ -317,6 +317,7 @@ mod tests {
                 volumes: Vec::new(),
                 files: Vec::new(),
                 host_time_ns: 0,
+                start: false,
             },
             cmdline: String::new(),
         }

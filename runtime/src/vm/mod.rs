@@ -247,7 +247,10 @@ impl VmBackend {
                 .iter()
                 .map(|(index, _)| (*index, PathBuf::from(jail::paths::volume(*index))))
                 .collect(),
-            request: plan.request.clone(),
+            request: twinbox_protocol::CreateRequest {
+                start: request.options.start_on_create,
+                ..plan.request.clone()
+            },
             boot_timeout_ms: boot_timeout.as_millis() as u64,
         };
         let text = serde_json::to_vec(&init).map_err(|e| VmError::Settings(e.to_string()))?;

@@ -336,6 +336,7 @@ pub fn build(spec: &Spec, inputs: PlanInputs<'_>) -> Result<Plan, VmError> {
             volumes: planner.volumes,
             files: planner.files,
             host_time_ns: 0,
+            start: false,
         },
         disks: planner.disks,
         sync_dirs: planner.sync_dirs,
