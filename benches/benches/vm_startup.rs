@@ -10,7 +10,8 @@
 //!   boot-timer port: the kernel-to-init floor (target: VM mode's time to workload start
 //!   within 1.2x of it).
 //!
-//! Time to workload start is spawn to the workload's first line of stdout (`echo started`),
+//! Every VM has the same guest RAM (128 MiB). Time to workload start is spawn to the
+//! workload's first line of stdout (`echo started`),
 //! time to exit is spawn to the process's exit. Memory is the PSS (incl. touched guest
 //! pages) of every host process of an idle sandbox whose workload runs `sleep`, with 128 MiB
 //! of guest RAM (target: <= 40 MiB for twinbox vm).
@@ -305,13 +306,17 @@ fn main() {
         measure_in_l1(runs);
         return;
     }
+    // Every VM gets the same RAM: twinbox's VMs through the memory limit (which sizes guest
+    // RAM), the bare kernel and QEMU through their flags.
+    let guest_ram = |config: &mut serde_json::Value| {
+        config["linux"]["resources"] = serde_json::json!({"memory": {"limit": GUEST_MIB << 20}});
+    };
     let mut bundles = Bundles::new();
-    bundles
-        .add("echo", &["echo", STARTED], |_| {})
-        .add("sleep", &["sleep", "100000"], |config| {
-            config["linux"]["resources"] =
-                serde_json::json!({"memory": {"limit": GUEST_MIB << 20}});
-        });
+    bundles.add("echo", &["echo", STARTED], guest_ram).add(
+        "sleep",
+        &["sleep", "100000"],
+        guest_ram,
+    );
     let qemu_init = |then: &str| {
         format!(
             "#!/bin/sh\nmount -t devtmpfs dev /dev\nmount -t erofs -o ro /dev/vda /mnt\nchroot /mnt echo {STARTED}\n{then}\n"
