@@ -190,6 +190,21 @@ fn batch() -> &'static JobOutput {
                 ),
             )
             .step(
+                "engine-storage",
+                STEP,
+                &format!(
+                    "echo \"tmpfs=$({VM_RUN} --tmpfs /scratch {ENGINE_IMAGE} \
+                       sh -c 'echo x > /scratch/f && grep \" /scratch \" /proc/mounts | cut -d\" \" -f3')\"; \
+                     twinbox volume create vmdata >/dev/null; \
+                     {VM_RUN} -v vmdata:/data {ENGINE_IMAGE} sh -c 'echo kept > /data/f'; \
+                     echo \"named=$({VM_RUN} -v vmdata:/data {ENGINE_IMAGE} cat /data/f)\"; \
+                     twinbox volume rm vmdata >/dev/null; echo \"volume-rm=$?\"; \
+                     forks='for i in 1 2 3 4 5 6 7 8; do sleep 1 & done; wait'; \
+                     echo \"pids-limited=$({VM_RUN} --pids-limit 5 {ENGINE_IMAGE} sh -c \"$forks\" 2>&1 | grep -c \"can't fork\")\"; \
+                     echo \"pids-free=$({VM_RUN} {ENGINE_IMAGE} sh -c \"$forks\" 2>&1 | grep -c \"can't fork\")\""
+                ),
+            )
+            .step(
                 "engine-signal",
                 STEP,
                 &format!(
@@ -414,6 +429,17 @@ fn run_isolation_vm_volumes_memory_cpus_and_read_only() {
         "MemTotal {kib} kB: {out}"
     );
     assert_eq!(limits[1..], ["2", "ro", ""], "{out}");
+}
+
+#[test]
+fn run_isolation_vm_tmpfs_named_volumes_and_pids_limit() {
+    let out = engine_step("engine-storage");
+    assert_eq!(value(&out, "tmpfs"), "tmpfs", "{out}");
+    assert_eq!(value(&out, "named"), "kept", "{out}");
+    assert_eq!(value(&out, "volume-rm"), "0", "{out}");
+    let limited: u32 = value(&out, "pids-limited").parse().unwrap();
+    assert!(limited > 0, "--pids-limit 5 let 8 forks through: {out}");
+    assert_eq!(value(&out, "pids-free"), "0", "{out}");
 }
 
 #[test]
