@@ -1,0 +1,195 @@
+//! The QEMU microvm peer column: QEMU boots the same guest kernel as twinbox's VM mode, with
+//! the same image disk (the erofs image the VM backend caches per image, read-only), the same
+//! guest RAM and vCPUs and the same workload, so the column differs from `vm` only in the VMM
+//! and in what runs as the guest's init.
+//!
+//! The guest's init is the probe itself ([`twinbox_probe::guest_init`]): a per-sandbox
+//! initramfs holds the probe as `/init` and its configuration (the workload's argv and the
+//! image's environment, working directory and user). The console is QEMU's stdout, so the
+//! start marker and the isolation observations arrive there like a container's stdout; the
+//! init prints the workload's exit code as [`GUEST_EXIT_PREFIX`] before it resets the machine
+//! (`reboot=t`, `-no-reboot`: QEMU exits).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+
+use twinbox_probe::guest_init::{self, GUEST_EXIT_PREFIX, GuestInit};
+
+use super::runtime::Running;
+use super::{Context, OrchestrateError};
+use crate::compare::probe::IN_SANDBOX_PATH;
+use crate::vm::cpio::CpioWriter;
+
+/// The guest kernel's command line: twinbox's VM command line, with the serial console and a
+/// reset by triple fault (QEMU microvm has no keyboard-controller reset without ACPI).
+const KERNEL_CMDLINE: &str = "console=ttyS0 reboot=t panic=-1 pci=off nomodule quiet";
+
+/// How the QEMU column boots its guests.
+#[derive(Debug, Clone)]
+pub struct QemuMicrovm {
+    program: PathBuf,
+    kernel: PathBuf,
+    image_disk: PathBuf,
+    memory_bytes: u64,
+    vcpus: u8,
+    probe: PathBuf,
+    template: GuestInit,
+}
+
+impl QemuMicrovm {
+    /// Plans the column: the VM mode's guest kernel, the image's erofs disk (built if not
+    /// cached), and the guest RAM, vCPUs and process settings of the VM column's spec.
+    pub fn plan(ctx: &Context, program: PathBuf) -> Result<Self, OrchestrateError> {
+        let vm_error = |e: crate::vm::VmError| OrchestrateError::Spec(e.to_string());
+        let config =
+            crate::config::Config::load().map_err(|e| OrchestrateError::Spec(e.to_string()))?;
+        let kernel = crate::vm::assets::kernel(&config.vm, &HashMap::new()).map_err(vm_error)?;
+        let cache = crate::vm::disk::DiskCache::new(ctx.store.root().join("vm"));
+        crate::vm::create_private_dir(cache.root()).map_err(vm_error)?;
+        let image_disk = cache
+            .image_rootfs(&ctx.store, &ctx.image)
+            .map_err(vm_error)?;
+        // The VM column's spec, for its limits and the image's process settings.
+        let spec = super::sandbox::spec_with_rootfs(ctx, "qemu-microvm-plan")?;
+        let memory_bytes = crate::vm::plan::memory(&spec, &config.vm).map_err(vm_error)?;
+        let vcpus = crate::vm::plan::vcpus(&spec, &config.vm);
+        let process = spec.process().clone().unwrap_or_default();
+        let template = GuestInit {
+            disk: "/dev/vda".into(),
+            fstype: crate::vm::disk::ROOTFS_FSTYPE.into(),
+            probe_path: IN_SANDBOX_PATH.into(),
+            argv: Vec::new(),
+            env: process.env().clone().unwrap_or_default(),
+            cwd: process.cwd().display().to_string(),
+            uid: process.user().uid(),
+            gid: process.user().gid(),
+            hostname: String::new(),
+        };
+        Ok(QemuMicrovm {
+            program,
+            kernel,
+            image_disk,
+            memory_bytes,
+            vcpus,
+            probe: ctx
+                .probe_dir
+                .join(Path::new(IN_SANDBOX_PATH).file_name().unwrap_or_default()),
+            template,
+        })
+    }
+
+    /// What every sandbox of the column shares on disk: the image disk.
+    pub fn shared_disk(&self) -> Vec<PathBuf> {
+        vec![self.image_disk.clone()]
+    }
+
+    /// Writes the initramfs of one sandbox into `dir`: the probe as `/init` and the
+    /// configuration to run `argv` on a guest named `hostname`.
+    pub fn prepare(
+        &self,
+        dir: &Path,
+        argv: Vec<String>,
+        hostname: &str,
+    ) -> Result<(), OrchestrateError> {
+        let config = GuestInit {
+            argv,
+            hostname: hostname.to_string(),
+            ..self.template.clone()
+        };
+        let path = initramfs_path(dir);
+        let io = |e: std::io::Error| OrchestrateError::io(&path, e);
+        let file = File::create(&path).map_err(io)?;
+        let mut cpio = CpioWriter::new(std::io::BufWriter::new(file));
+        let json = serde_json::to_vec(&config).map_err(|e| io(std::io::Error::other(e)))?;
+        let built = (|| {
+            cpio.char_device("/dev/console", 0o600, 5, 1)?;
+            cpio.host_file("/init", &self.probe)?;
+            cpio.file(guest_init::CONFIG_PATH, 0o644, &json)?;
+            cpio.finish()?.flush()?;
+            Ok::<(), crate::vm::cpio::CpioError>(())
+        })();
+        built.map_err(|e| io(std::io::Error::other(e.to_string())))
+    }
+
+    /// The QEMU command line booting the sandbox prepared in `dir`.
+    pub fn command(&self, dir: &Path) -> Command {
+        let mut command = Command::new(&self.program);
+        command
+            .args([
+                "-M",
+                "microvm,acpi=off,x-option-roms=off,isa-serial=on,rtc=off",
+            ])
+            .args(["-enable-kvm", "-cpu", "host"])
+            .args(["-smp", &self.vcpus.to_string()])
+            .args(["-m", &format!("{}M", self.memory_bytes.div_ceil(1 << 20))])
+            .args(["-nodefaults", "-no-user-config", "-display", "none"])
+            .args(["-serial", "stdio", "-no-reboot"])
+            .arg("-kernel")
+            .arg(&self.kernel)
+            .arg("-initrd")
+            .arg(initramfs_path(dir))
+            .arg("-drive")
+            .arg(format!(
+                "id=image,file={},format=raw,if=none,readonly=on",
+                self.image_disk.display()
+            ))
+            .args(["-device", "virtio-blk-device,drive=image"])
+            .args(["-append", KERNEL_CMDLINE]);
+        command
+    }
+
+    /// Boots the sandbox prepared in `dir`; QEMU's messages go to `log`, the guest console is
+    /// the returned process's output. It leads its own process group, as runtimes do here.
+    pub fn spawn(&self, dir: &Path, log: &Path) -> Result<Running, OrchestrateError> {
+        let log_file = File::create(log).map_err(|e| OrchestrateError::io(log, e))?;
+        let mut command = self.command(dir);
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log_file)
+            .process_group(0);
+        let child = command.spawn().map_err(|e| OrchestrateError::Runtime {
+            runtime: "qemu-microvm".into(),
+            action: "run",
+            message: format!("{}: {e}", self.program.display()),
+        })?;
+        Ok(Running::new(child))
+    }
+}
+
+fn initramfs_path(dir: &Path) -> PathBuf {
+    dir.join("initramfs.cpio")
+}
+
+/// The workload's exit status as the guest init reported it on the console; QEMU's own
+/// status when the guest reported none (it failed before, or QEMU did).
+pub fn workload_status(console: &str, qemu: ExitStatus) -> ExitStatus {
+    console
+        .lines()
+        .rev()
+        .find_map(|line| line.trim_end().strip_prefix(GUEST_EXIT_PREFIX))
+        .and_then(|code| code.trim().parse::<i32>().ok())
+        .map_or(qemu, |code| ExitStatus::from_raw((code & 0xff) << 8))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_guest_exit_line_gives_the_workload_status() {
+        let qemu = ExitStatus::from_raw(0);
+        let console = format!("booting\r\nTWINBOX-PROBE-START {{}}\r\n{GUEST_EXIT_PREFIX}3\r\n");
+        assert_eq!(workload_status(&console, qemu).code(), Some(3));
+        assert_eq!(workload_status("no line\n", qemu).code(), Some(0));
+        let failed = ExitStatus::from_raw(1 << 8);
+        assert_eq!(
+            workload_status(&format!("{GUEST_EXIT_PREFIX}oops\n"), failed).code(),
+            Some(1)
+        );
+    }
+}
