@@ -3,7 +3,9 @@
 //!
 //! Every container-class column (twinbox's container and VM modes, runc, runsc, crun) runs
 //! the same OCI bundle through the same runc-compatible CLI calls ([`runtime::OciRuntime`]),
-//! so the columns differ only in the runtime. Per column, in order:
+//! so the columns differ only in the runtime. The QEMU microvm column boots the VM mode's
+//! kernel and image disk instead ([`qemu`]), behind the same [`sandbox::Sandbox`] interface.
+//! Per column, in order:
 //! 1. isolation: the probe's `isolation` mode, twice (the second run is the first's sibling
 //!    for the clone-uniqueness rows); a column whose first run fails is reported with the
 //!    reason and skipped;

@@ -180,6 +180,84 @@ pub fn workload_status(console: &str, qemu: ExitStatus) -> ExitStatus {
 mod tests {
     use super::*;
 
+    fn microvm(dir: &Path) -> QemuMicrovm {
+        let probe = dir.join("probe");
+        std::fs::write(&probe, b"\x7fELF probe").unwrap();
+        QemuMicrovm {
+            program: "qemu-system-x86_64".into(),
+            kernel: "/k/vmlinux".into(),
+            image_disk: "/cache/images/abc.erofs".into(),
+            memory_bytes: (256 << 20) - 1,
+            vcpus: 2,
+            probe,
+            template: GuestInit {
+                disk: "/dev/vda".into(),
+                fstype: "erofs".into(),
+                probe_path: IN_SANDBOX_PATH.into(),
+                argv: Vec::new(),
+                env: vec!["PATH=/bin".into()],
+                cwd: "/srv".into(),
+                uid: 65534,
+                gid: 65534,
+                hostname: String::new(),
+            },
+        }
+    }
+
+    #[test]
+    fn command_boots_the_vm_kernel_and_image_disk_read_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let command = microvm(dir.path()).command(dir.path());
+        let args: Vec<String> = command
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let after = |flag: &str| {
+            let at = args.iter().position(|a| a == flag).unwrap();
+            args[at + 1].clone()
+        };
+        assert!(after("-M").starts_with("microvm,"), "{args:?}");
+        assert_eq!(after("-smp"), "2");
+        assert_eq!(after("-m"), "256M");
+        assert_eq!(after("-kernel"), "/k/vmlinux");
+        assert_eq!(
+            after("-initrd"),
+            initramfs_path(dir.path()).display().to_string()
+        );
+        assert_eq!(
+            after("-drive"),
+            "id=image,file=/cache/images/abc.erofs,format=raw,if=none,readonly=on"
+        );
+        assert!(after("-append").contains("reboot=t"));
+        assert!(args.iter().any(|a| a == "-no-reboot"));
+    }
+
+    #[test]
+    fn prepare_writes_an_initramfs_with_the_probe_as_init_and_its_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let qemu = microvm(dir.path());
+        let argv = vec![IN_SANDBOX_PATH.to_string(), "idle".to_string()];
+        qemu.prepare(dir.path(), argv.clone(), "tbc1-qemu-1")
+            .unwrap();
+        let out = dir.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        let status = Command::new("cpio")
+            .args(["-i", "-d", "--quiet", "--no-absolute-filenames", "-F"])
+            .arg(initramfs_path(dir.path()))
+            .current_dir(&out)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        assert_eq!(std::fs::read(out.join("init")).unwrap(), b"\x7fELF probe");
+        let config: GuestInit = serde_json::from_slice(
+            &std::fs::read(out.join(guest_init::CONFIG_PATH.trim_start_matches('/'))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(config.argv, argv);
+        assert_eq!(config.hostname, "tbc1-qemu-1");
+        assert_eq!((config.cwd.as_str(), config.uid), ("/srv", 65534));
+    }
+
     #[test]
     fn the_guest_exit_line_gives_the_workload_status() {
         let qemu = ExitStatus::from_raw(0);
