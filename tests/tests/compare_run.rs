@@ -188,7 +188,7 @@ fn container_and_peers_report_validates_renders_and_leaves_nothing() {
     let mut command = compare_command(
         &store,
         work.path(),
-        "--runs 3 --density 2 --modes container,vm --peers runc,runsc,crun --format json --out",
+        "--runs 3 --density 2 --modes container,vm --peers runc,runsc,crun,qemu --format json --out",
     );
     command.arg(out.path());
     let child = command
@@ -298,6 +298,15 @@ fn container_and_peers_report_validates_renders_and_leaves_nothing() {
             }
             other => panic!("vm column on PVM: {other:?}"),
         }
+        match status(&report, "qemu-microvm") {
+            twinbox::compare::report::ColumnStatus::Failed { reason } => {
+                assert!(
+                    reason.starts_with("a VM column: ") && reason.contains("PVM"),
+                    "{reason}"
+                )
+            }
+            other => panic!("QEMU column on PVM: {other:?}"),
+        }
         assert!(String::from_utf8_lossy(&output.stderr).contains("cannot boot"));
     }
 
@@ -359,7 +368,7 @@ fn missing_and_failing_peers_get_a_column_with_the_reason() {
     let mut command = compare_command(
         &store,
         work.path(),
-        "--runs 1 --modes container --peers runc,runsc --format json",
+        "--runs 1 --modes container --peers runc,runsc,qemu --format json",
     );
     command.env("PATH", bin.path());
     let output = run_ok(command);
@@ -379,6 +388,14 @@ fn missing_and_failing_peers_get_a_column_with_the_reason() {
             assert!(reason.contains("not installed"), "{reason}")
         }
         other => panic!("runsc without PATH: {other:?}"),
+    }
+    match status(&report, "qemu-microvm") {
+        twinbox::compare::report::ColumnStatus::Absent { reason } => assert!(
+            reason.contains("qemu-system-x86_64 is not installed")
+                && reason.contains("qemu-system-x86"),
+            "{reason}"
+        ),
+        other => panic!("QEMU without PATH: {other:?}"),
     }
     // Only measured columns have data.
     assert!(report.start_time.iter().all(|s| s.column == "container"));
