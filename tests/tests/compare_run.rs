@@ -612,6 +612,29 @@ fn vm_mode_in_the_emulated_host_reports_both_modes_with_the_note() {
         start.p50_ms > 0.0 && start.p50_ms < exit.p50_ms,
         "{qemu_times:?}"
     );
+    // Its VMM start and kernel boot, estimated from the guest's boot clock, are ordered too.
+    let qemu_phases = phases("qemu-microvm");
+    assert_eq!(
+        qemu_phases.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+        [Phase::VmmStart, Phase::KernelBoot],
+        "{qemu_times:?}"
+    );
+    let qemu_density_start = report
+        .density
+        .iter()
+        .find(|d| d.column == "qemu-microvm")
+        .unwrap()
+        .points[0]
+        .start_latency
+        .as_ref()
+        .unwrap()
+        .p50_ms;
+    assert!(
+        0.0 < qemu_phases[0].1
+            && qemu_phases[0].1 < qemu_phases[1].1
+            && qemu_phases[1].1 <= qemu_density_start,
+        "{qemu_phases:?} vs {qemu_density_start}"
+    );
     let totals = |id: &str| {
         report
             .isolation

@@ -7,8 +7,9 @@
 //! assembles a VM's root), copies itself to the probe's in-sandbox path, runs the workload in
 //! that root with the image's environment, working directory and user, and resets the machine
 //! when the workload exits (with `reboot=t` and QEMU's `-no-reboot`, QEMU then exits). The
-//! workload's stdout and stderr are the console, and the init reports the workload's exit code
-//! there as a [`GUEST_EXIT_PREFIX`] line.
+//! workload's stdout and stderr are the console. The init reports there when it started
+//! ([`GUEST_INIT_PREFIX`], the guest's boot clock) and the workload's exit code
+//! ([`GUEST_EXIT_PREFIX`]).
 
 use std::ffi::CString;
 use std::os::unix::process::CommandExt;
@@ -22,6 +23,18 @@ pub const CONFIG_PATH: &str = "/guest-init.json";
 
 /// The console line that reports the workload's exit code (`TWINBOX-GUEST-EXIT 0`).
 pub const GUEST_EXIT_PREFIX: &str = "TWINBOX-GUEST-EXIT ";
+
+/// The console line the init prints first: the guest's `CLOCK_BOOTTIME` in ns when the kernel
+/// started it (the end of the kernel's boot, as the agent's boot-timer write is for twinbox).
+pub const GUEST_INIT_PREFIX: &str = "TWINBOX-GUEST-INIT ";
+
+/// The kernel's boot time from the init's console line, in ns.
+pub fn init_boottime_ns(console: &str) -> Option<u64> {
+    console
+        .lines()
+        .find_map(|line| line.trim_end().strip_prefix(GUEST_INIT_PREFIX))
+        .and_then(|ns| ns.parse().ok())
+}
 
 /// Where the workload's root is assembled.
 const IMAGE_DIR: &str = "/image";
@@ -182,6 +195,10 @@ fn wait_for(workload: u32) -> i32 {
 }
 
 fn setup_and_run() -> Result<i32, String> {
+    println!(
+        "{GUEST_INIT_PREFIX}{}",
+        crate::marker::clock_ns(libc::CLOCK_BOOTTIME)
+    );
     mount_api_filesystems("")?;
     let text = std::fs::read(CONFIG_PATH).map_err(|e| format!("reading {CONFIG_PATH}: {e}"))?;
     let config: GuestInit =
@@ -229,5 +246,16 @@ mod tests {
         let mut extra: serde_json::Value = serde_json::from_str(&text).unwrap();
         extra["surprise"] = 1.into();
         assert!(serde_json::from_value::<GuestInit>(extra).is_err());
+    }
+
+    #[test]
+    fn the_init_line_gives_the_kernel_boot_time() {
+        let console = format!("[    0.1] booting\r\n{GUEST_INIT_PREFIX}812345678\r\nmore\r\n");
+        assert_eq!(init_boottime_ns(&console), Some(812_345_678));
+        assert_eq!(init_boottime_ns("nothing\n"), None);
+        assert_eq!(
+            init_boottime_ns(&format!("{GUEST_INIT_PREFIX}soon\n")),
+            None
+        );
     }
 }

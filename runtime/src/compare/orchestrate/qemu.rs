@@ -8,7 +8,8 @@
 //! image's environment, working directory and user). The console is QEMU's stdout, so the
 //! start marker and the isolation observations arrive there like a container's stdout; the
 //! init prints the workload's exit code as [`GUEST_EXIT_PREFIX`] before it resets the machine
-//! (`reboot=t`, `-no-reboot`: QEMU exits).
+//! (`reboot=t`, `-no-reboot`: QEMU exits). Without a boot timer, the column's VMM start and
+//! kernel boot phases are estimated from the guest's boot clock ([`guest_phases`]).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -16,12 +17,16 @@ use std::io::Write;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
+use twinbox_probe::StartMarker;
 use twinbox_probe::guest_init::{self, GUEST_EXIT_PREFIX, GuestInit};
 
 use super::runtime::Running;
 use super::{Context, OrchestrateError};
 use crate::compare::probe::IN_SANDBOX_PATH;
+use crate::compare::report::Phase;
+use crate::compare::timing::LaunchClock;
 use crate::vm::cpio::CpioWriter;
 
 /// The guest kernel's command line: twinbox's VM command line, with the serial console and a
@@ -161,6 +166,28 @@ impl QemuMicrovm {
     }
 }
 
+/// Launch to the end of the VM phases a QEMU guest lets the host estimate: the guest's boot
+/// clock at the start marker (`marker.boottime_ns`) counted back from when the host read the
+/// marker gives the first guest entry (VMM start), plus the boot clock at the init's start
+/// (the init's console line) gives the kernel's boot. Estimates: the read time includes the
+/// console's latency, and the guest's clock starts a little after its first instruction.
+pub fn guest_phases(
+    launch: &LaunchClock,
+    read_at: Instant,
+    marker: &StartMarker,
+    console: &str,
+) -> Vec<(Phase, Duration)> {
+    let to_marker = read_at.saturating_duration_since(launch.instant);
+    let Some(entered) = to_marker.checked_sub(Duration::from_nanos(marker.boottime_ns)) else {
+        return Vec::new();
+    };
+    let mut phases = vec![(Phase::VmmStart, entered)];
+    if let Some(init) = guest_init::init_boottime_ns(console) {
+        phases.push((Phase::KernelBoot, entered + Duration::from_nanos(init)));
+    }
+    phases
+}
+
 fn initramfs_path(dir: &Path) -> PathBuf {
     dir.join("initramfs.cpio")
 }
@@ -256,6 +283,34 @@ mod tests {
         assert_eq!(config.argv, argv);
         assert_eq!(config.hostname, "tbc1-qemu-1");
         assert_eq!((config.cwd.as_str(), config.uid), ("/srv", 65534));
+    }
+
+    #[test]
+    fn guest_phases_count_back_from_the_marker_on_the_guest_clock() {
+        let launch = LaunchClock::now();
+        let read_at = launch.instant + Duration::from_millis(900);
+        let marker = StartMarker {
+            boottime_ns: 600_000_000,
+            ..StartMarker::now()
+        };
+        let console = format!("{}450000000\r\n", guest_init::GUEST_INIT_PREFIX);
+        assert_eq!(
+            guest_phases(&launch, read_at, &marker, &console),
+            [
+                (Phase::VmmStart, Duration::from_millis(300)),
+                (Phase::KernelBoot, Duration::from_millis(750)),
+            ]
+        );
+        assert_eq!(
+            guest_phases(&launch, read_at, &marker, "no init line"),
+            [(Phase::VmmStart, Duration::from_millis(300))]
+        );
+        // A guest clock ahead of the host's view gives nothing rather than nonsense.
+        let late = StartMarker {
+            boottime_ns: 2_000_000_000,
+            ..marker
+        };
+        assert_eq!(guest_phases(&launch, read_at, &late, &console), []);
     }
 
     #[test]

@@ -288,7 +288,12 @@ impl<'a> Sandbox<'a> {
                 return match (read_at, marker_in(&running.output)) {
                     (Some(read_at), Some(marker)) => Ok(Started {
                         launch,
-                        phases: Vec::new(),
+                        phases: super::qemu::guest_phases(
+                            &launch,
+                            read_at,
+                            &marker,
+                            &String::from_utf8_lossy(&running.output),
+                        ),
                         marker,
                         read_at,
                     }),
