@@ -2,8 +2,9 @@
 //! whose own `/dev/kvm` cannot boot twinbox's stock guest kernel (PVM hosts such as the
 //! development and CI machines).
 //!
-//! The image's root filesystem is exported from the host store (`twinbox bundle`) and
-//! imported into a fresh store in L1; L1 then runs `twinbox compare` with the emulated-host
+//! The image is exported from the host store as an OCI archive (`twinbox save`) and loaded
+//! into a fresh store in L1 (`twinbox load`), so L1 compares the same image: the same layers
+//! and the same config (Env, Entrypoint, Cmd, WorkingDir, User). L1 then runs `twinbox compare` with the emulated-host
 //! note set ([`twinbox::compare::orchestrate::EMULATED_KVM_ENV`]), so container mode and VM mode
 //! are measured in the same L1 and their ratio is like for like. Afterwards L1 lists what the
 //! run left behind (work directories, cgroups, mounts, processes, container roots), which
@@ -16,8 +17,8 @@ use std::time::Duration;
 use crate::kvm_host::{JobOutput, KvmHost, KvmHostError, StepScript, shell_quote};
 use crate::vm::{TWINBOX_SETUP, twinbox_job};
 
-/// Where L1 holds the image's root filesystem tarball and the report.
-const L1_ROOTFS_TAR: &str = "/job/rootfs.tar";
+/// Where L1 holds the image archive and the report.
+const L1_IMAGE_TAR: &str = "/job/image.tar";
 const L1_REPORT: &str = "/tmp/compare-report.json";
 /// Memory of L1: room for L1, the image in RAM and a few idle guests.
 const L1_MEMORY_MIB: u64 = 2048;
@@ -70,15 +71,15 @@ impl EmulatedCompare {
     /// Boots L1 once, runs `twinbox compare` there and brings the report back. `work` holds
     /// the files staged for L1 (stripped binaries, the image tarball).
     pub fn run(&self, host: &KvmHost, work: &Path) -> Result<EmulatedRun, KvmCompareError> {
-        let rootfs = self.export_rootfs(work)?;
+        let archive = self.export_image(work)?;
         let image = shell_quote(&self.image);
         let args: Vec<String> = self.compare_args.iter().map(|a| shell_quote(a)).collect();
         let steps = StepScript::new()
             .setup(TWINBOX_SETUP)
             .step(
-                "import",
+                "load",
                 SHORT_STEP,
-                &format!("twinbox --root /tmp/store import {L1_ROOTFS_TAR} {image} >/dev/null"),
+                &format!("twinbox --root /tmp/store load {L1_IMAGE_TAR} >/dev/null"),
             )
             .step(
                 "compare",
@@ -94,61 +95,52 @@ impl EmulatedCompare {
             .step("leftovers", SHORT_STEP, LEFTOVERS);
         let job = twinbox_job(&steps, work, self.timeout + 3 * SHORT_STEP)
             .file(crate::workspace_bin("twinbox-probe"), "/job/twinbox-probe")
-            .file(&rootfs, L1_ROOTFS_TAR)
+            .file(&archive, L1_IMAGE_TAR)
+            // The QEMU microvm peer column (`--peers qemu`).
+            .qemu()
             .memory_mib(L1_MEMORY_MIB);
         let output = host.run(&job)?;
         collect(&output)
     }
 
-    /// `twinbox bundle` of the image from the host store, its rootfs as a tarball in `work`.
-    fn export_rootfs(&self, work: &Path) -> Result<PathBuf, KvmCompareError> {
-        let failed = |detail: String| KvmCompareError::Export {
-            image: self.image.clone(),
-            detail,
-        };
-        let bundle = work.join("bundle");
-        let tarball = work.join("rootfs.tar");
-        let run = |command: &mut Command| -> Result<(), KvmCompareError> {
-            let output = command
-                .output()
-                .map_err(|e| failed(format!("{:?}: {e}", command.get_program())))?;
-            if !output.status.success() {
-                return Err(failed(format!(
-                    "{:?} {}: {}",
-                    command.get_program(),
-                    output.status,
-                    String::from_utf8_lossy(&output.stderr).trim()
-                )));
-            }
-            Ok(())
-        };
-        run(Command::new(crate::twinbox_bin())
+    /// `twinbox save` of the image from the host store, as an OCI archive in `work`.
+    fn export_image(&self, work: &Path) -> Result<PathBuf, KvmCompareError> {
+        let archive = work.join("image.tar");
+        let output = Command::new(crate::twinbox_bin())
             .arg("--root")
             .arg(&self.store_root)
-            .arg("bundle")
+            .arg("save")
             .arg(&self.image)
-            .arg(&bundle)
-            // Only the root filesystem is used; a command keeps images without one valid.
-            .args(["--", "/bin/true"]))?;
-        run(Command::new("tar")
-            .arg("-C")
-            .arg(bundle.join("rootfs"))
-            .arg("-cf")
-            .arg(&tarball)
-            .arg("."))?;
-        let _ = std::fs::remove_dir_all(&bundle);
-        Ok(tarball)
+            .arg("-o")
+            .arg(&archive)
+            .output()
+            .map_err(|e| KvmCompareError::Export {
+                image: self.image.clone(),
+                detail: format!("running twinbox save: {e}"),
+            })?;
+        if !output.status.success() {
+            return Err(KvmCompareError::Export {
+                image: self.image.clone(),
+                detail: format!(
+                    "twinbox save {}: {}",
+                    output.status,
+                    String::from_utf8_lossy(&output.stderr).trim()
+                ),
+            });
+        }
+        Ok(archive)
     }
 }
 
 /// Lists what a compare run may leave in L1, one line each: work directories, cgroups,
 /// mounts and processes of its sandboxes (ids `tbc<pid>-...`), any twinbox process (a VMM,
 /// a shim), container roots in the store.
-/// (The process pattern is written so that this script's own command line does not match.)
+/// (The process pattern is written so that this script's own command line does not match; a
+/// process that exits during the scan, such as the scan's own `tr`, is skipped silently.)
 const LEFTOVERS: &str = r#"ls -d /run/twinbox-compare-* /sys/fs/cgroup/twinbox-compare-* 2>/dev/null
 grep -e tbc -e twinbox-compare /proc/self/mountinfo
 for p in /proc/[0-9]*; do
-	c=$(tr '\0' ' ' < $p/cmdline 2>/dev/null)
+	c=$( { tr '\0' ' ' < $p/cmdline; } 2>/dev/null)
 	case "$c" in *tb[c][0-9]*) echo "process: $c"; continue;; esac
 	[ "$(readlink $p/exe)" = /job/twinbox ] && echo "twinbox process: $c"
 done
@@ -156,7 +148,7 @@ ls /tmp/store/containers 2>/dev/null | sed 's/^/container root: /'
 true"#;
 
 fn collect(output: &JobOutput) -> Result<EmulatedRun, KvmCompareError> {
-    output.step("import")?.check()?;
+    output.step("load")?.check()?;
     let compare = output.step("compare")?;
     let log = compare.output.clone();
     compare.check()?;

@@ -25,6 +25,46 @@ fn store_with_busybox() -> TestStore {
     store
 }
 
+/// The image of the VM-mode run: busybox with a config that the workload checks.
+const CONFIGURED_IMAGE: &str = "busybox:configured";
+
+/// The workload of [`CONFIGURED_IMAGE`]: found only through the image's `PATH`, and failing
+/// with 127 (which `compare` counts as a failed run, like a missing program) unless it runs
+/// with the image's environment, working directory and user.
+const CONFIG_CHECK: &str = r#"#!/bin/sh
+if [ "$GREETING" = hi ] && [ "$(pwd)" = /srv ] && [ "$(id -u):$(id -g)" = 65534:65534 ]; then
+	exit 0
+fi
+echo "image config not applied: GREETING=$GREETING cwd=$(pwd) user=$(id -u):$(id -g)" >&2
+exit 127
+"#;
+
+/// A private store holding [`CONFIGURED_IMAGE`] (loaded from an OCI layout).
+fn store_with_configured_busybox() -> TestStore {
+    use twinbox_tests::oci::{LayerBuilder, OciLayout};
+    let store = TestStore::new();
+    let work = tempfile::tempdir().unwrap();
+    let mut layout = OciLayout::create(&work.path().join("layout"));
+    let tools = LayerBuilder::new()
+        .dir("srv", 0o755)
+        .file("opt/tools/check-config", CONFIG_CHECK.as_bytes(), 0o755)
+        .finish(Compression::Gzip);
+    let descriptor = layout.image(
+        &[busybox_layer(Compression::Gzip), tools],
+        serde_json::json!({
+            "Env": ["PATH=/opt/tools:/bin", "GREETING=hi"],
+            "Cmd": ["/bin/false"],
+            "WorkingDir": "/srv",
+            "User": "65534:65534",
+        }),
+        "amd64",
+    );
+    let (repository, tag) = CONFIGURED_IMAGE.split_once(':').unwrap();
+    layout.tag(descriptor, tag);
+    store.ok(&["load", layout.dir.to_str().unwrap(), "--name", repository]);
+    store
+}
+
 /// `twinbox --root STORE compare IMAGE --quiet --work-dir WORK ARGS...` (`args` split at
 /// white space).
 fn compare_command(store: &TestStore, work: &Path, args: &str) -> Command {
@@ -148,7 +188,7 @@ fn container_and_peers_report_validates_renders_and_leaves_nothing() {
     let mut command = compare_command(
         &store,
         work.path(),
-        "--runs 3 --density 2 --modes container,vm --peers runc,runsc,crun --format json --out",
+        "--runs 3 --density 2 --modes container,vm --peers runc,runsc,crun,qemu --format json --out",
     );
     command.arg(out.path());
     let child = command
@@ -258,6 +298,15 @@ fn container_and_peers_report_validates_renders_and_leaves_nothing() {
             }
             other => panic!("vm column on PVM: {other:?}"),
         }
+        match status(&report, "qemu-microvm") {
+            twinbox::compare::report::ColumnStatus::Failed { reason } => {
+                assert!(
+                    reason.starts_with("a VM column: ") && reason.contains("PVM"),
+                    "{reason}"
+                )
+            }
+            other => panic!("QEMU column on PVM: {other:?}"),
+        }
         assert!(String::from_utf8_lossy(&output.stderr).contains("cannot boot"));
     }
 
@@ -319,7 +368,7 @@ fn missing_and_failing_peers_get_a_column_with_the_reason() {
     let mut command = compare_command(
         &store,
         work.path(),
-        "--runs 1 --modes container --peers runc,runsc --format json",
+        "--runs 1 --modes container --peers runc,runsc,qemu --format json",
     );
     command.env("PATH", bin.path());
     let output = run_ok(command);
@@ -339,6 +388,14 @@ fn missing_and_failing_peers_get_a_column_with_the_reason() {
             assert!(reason.contains("not installed"), "{reason}")
         }
         other => panic!("runsc without PATH: {other:?}"),
+    }
+    match status(&report, "qemu-microvm") {
+        twinbox::compare::report::ColumnStatus::Absent { reason } => assert!(
+            reason.contains("qemu-system-x86_64 is not installed")
+                && reason.contains("qemu-system-x86"),
+            "{reason}"
+        ),
+        other => panic!("QEMU without PATH: {other:?}"),
     }
     // Only measured columns have data.
     assert!(report.start_time.iter().all(|s| s.column == "container"));
@@ -436,20 +493,21 @@ fn workloads_exit_with_any_status_but_a_missing_one_fails_its_runs() {
 }
 
 /// VM mode through `kvm-compare`'s library: one L1 boot runs `twinbox compare --modes
-/// container,vm` with N=2 and K=1 in the emulated KVM host and brings the report back.
+/// container,vm --peers qemu` with N=2 and K=1 in the emulated KVM host and brings the report
+/// back. The image's config travels into L1 with it: every column's workload checks it.
 #[test]
 fn vm_mode_in_the_emulated_host_reports_both_modes_with_the_note() {
     use twinbox::compare::report::{ColumnStatus, KvmKind};
-    let store = store_with_busybox();
+    let store = store_with_configured_busybox();
     let work = tempfile::tempdir().unwrap();
     let run = twinbox_tests::kvm_compare::EmulatedCompare {
         store_root: store.root(),
-        image: IMAGE.to_string(),
-        compare_args: "--modes container,vm --peers none --runs 2 --density 1"
+        image: CONFIGURED_IMAGE.to_string(),
+        compare_args: "--modes container,vm --peers qemu --runs 2 --density 1 -- check-config"
             .split_whitespace()
             .map(str::to_string)
             .collect(),
-        timeout: Duration::from_secs(150),
+        timeout: Duration::from_secs(240),
     }
     .run(twinbox_tests::kvm_host(), work.path())
     .unwrap_or_else(|error| panic!("{error}"));
@@ -462,7 +520,7 @@ fn vm_mode_in_the_emulated_host_reports_both_modes_with_the_note() {
         note.contains("emulated") && note.contains("ratios"),
         "{note}"
     );
-    for id in ["container", "vm"] {
+    for id in ["container", "vm", "qemu-microvm"] {
         assert_eq!(*status(&report, id), ColumnStatus::Ok, "{id}: {}", run.log);
         let times = report.start_time.iter().find(|s| s.column == id).unwrap();
         let start = times.workload_start.as_ref().unwrap();
@@ -473,6 +531,56 @@ fn vm_mode_in_the_emulated_host_reports_both_modes_with_the_note() {
         assert_eq!(density.points.len(), 1, "{id}: {density:?}");
         assert_eq!(density.points[0].sandboxes, 1, "{id}: {density:?}");
     }
+    // The VM's start phases, from its `state` annotations, end in order and before its
+    // workload starts; the container's only phase is its setup.
+    use twinbox::compare::report::Phase;
+    let phases = |id: &str| -> Vec<(Phase, f64)> {
+        let times = report.start_time.iter().find(|s| s.column == id).unwrap();
+        times
+            .phases
+            .iter()
+            .map(|p| (p.phase, p.distribution.p50_ms))
+            .collect()
+    };
+    let vm_phases = phases("vm");
+    let order: Vec<Phase> = vm_phases.iter().map(|(phase, _)| *phase).collect();
+    assert_eq!(
+        order,
+        [Phase::VmmStart, Phase::KernelBoot, Phase::AgentReady],
+        "{vm_phases:?}: {}",
+        run.log
+    );
+    let vm_times = report.start_time.iter().find(|s| s.column == "vm").unwrap();
+    for phase in &vm_times.phases {
+        // Two weight sandboxes and one density sandbox.
+        assert_eq!(phase.distribution.count, 3, "{phase:?}");
+    }
+    let p50s: Vec<f64> = vm_phases.iter().map(|(_, ms)| *ms).collect();
+    assert!(
+        p50s[0] > 0.0 && p50s[0] < p50s[1] && p50s[1] < p50s[2],
+        "{vm_phases:?}"
+    );
+    let vm_density_start = report
+        .density
+        .iter()
+        .find(|d| d.column == "vm")
+        .unwrap()
+        .points[0]
+        .start_latency
+        .as_ref()
+        .unwrap()
+        .p50_ms;
+    assert!(
+        p50s[2] <= vm_density_start,
+        "{vm_phases:?} vs {vm_density_start}"
+    );
+    assert_eq!(
+        phases("container")
+            .iter()
+            .map(|(p, _)| *p)
+            .collect::<Vec<_>>(),
+        [Phase::ContainerSetup]
+    );
     // The report was made in L1: the container shares L1's kernel, the VM runs its own.
     let container = cell(&report, "kernel.identity", "container");
     assert!(
@@ -486,4 +594,54 @@ fn vm_mode_in_the_emulated_host_reports_both_modes_with_the_note() {
         "{vm:?} vs L1 kernel {}",
         report.header.kernel
     );
+    // QEMU microvm booted the same guest kernel, ran the workload to its exit, and its probe
+    // judged the guest like the VM column's.
+    let qemu = cell(&report, "kernel.identity", "qemu-microvm");
+    assert_eq!(qemu.observed, vm.observed);
+    assert!(qemu.isolated);
+    let qemu_times = report
+        .start_time
+        .iter()
+        .find(|s| s.column == "qemu-microvm")
+        .unwrap();
+    let (start, exit) = (
+        qemu_times.workload_start.as_ref().unwrap(),
+        qemu_times.exit.as_ref().unwrap(),
+    );
+    assert!(
+        start.p50_ms > 0.0 && start.p50_ms < exit.p50_ms,
+        "{qemu_times:?}"
+    );
+    // Its VMM start and kernel boot, estimated from the guest's boot clock, are ordered too.
+    let qemu_phases = phases("qemu-microvm");
+    assert_eq!(
+        qemu_phases.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+        [Phase::VmmStart, Phase::KernelBoot],
+        "{qemu_times:?}"
+    );
+    let qemu_density_start = report
+        .density
+        .iter()
+        .find(|d| d.column == "qemu-microvm")
+        .unwrap()
+        .points[0]
+        .start_latency
+        .as_ref()
+        .unwrap()
+        .p50_ms;
+    assert!(
+        0.0 < qemu_phases[0].1
+            && qemu_phases[0].1 < qemu_phases[1].1
+            && qemu_phases[1].1 <= qemu_density_start,
+        "{qemu_phases:?} vs {qemu_density_start}"
+    );
+    let totals = |id: &str| {
+        report
+            .isolation
+            .totals
+            .iter()
+            .find(|t| t.column == id)
+            .map(|t| t.checks)
+    };
+    assert_eq!(totals("qemu-microvm"), totals("vm"));
 }

@@ -298,3 +298,100 @@ fn multi_platform_layout_loads_the_chosen_platform() {
     let err = store.fails(&["load", dir, "--platform", "linux/riscv64"]);
     assert!(err.contains("linux/riscv64"), "{err}");
 }
+
+#[test]
+fn save_writes_an_oci_archive_that_load_and_skopeo_read_back() {
+    let work = tempfile::tempdir().unwrap();
+    let mut layout = OciLayout::create(&work.path().join("layout"));
+    let extra = LayerBuilder::new()
+        .file("srv/greeting", b"saved\n", 0o644)
+        .finish(Compression::Gzip);
+    let descriptor = layout.image(
+        &[busybox_layer(Compression::Gzip), extra],
+        json!({
+            "Env": ["PATH=/bin", "GREETING=from-the-image"],
+            "Entrypoint": ["/bin/sh", "-c"],
+            "Cmd": ["echo $GREETING in $(pwd) as $(id -u); cat greeting"],
+            "WorkingDir": "/srv",
+            "User": "65534:65534",
+        }),
+        "amd64",
+    );
+    layout.tag(descriptor, "v1");
+    let store = TestStore::new();
+    store.ok(&[
+        "load",
+        layout.dir.to_str().unwrap(),
+        "--name",
+        "example.com/saved",
+    ]);
+    let before = run_bundle(&store, "example.com/saved:v1", "b1");
+    assert_eq!(before, "from-the-image in /srv as 65534\nsaved\n");
+
+    let archive = work.path().join("saved.tar");
+    assert_eq!(
+        store.ok(&[
+            "save",
+            "example.com/saved:v1",
+            "-o",
+            archive.to_str().unwrap()
+        ]),
+        ""
+    );
+    // Another tool reads it as an OCI archive.
+    let copied = work.path().join("copied");
+    run_tool(
+        "skopeo",
+        &[
+            "copy",
+            "--quiet",
+            &format!("oci-archive:{}", archive.display()),
+            &format!("oci:{}:copy", copied.display()),
+        ],
+    );
+
+    // Loaded into a fresh store: same id, name, config and behaviour.
+    let other = TestStore::new();
+    assert_eq!(
+        other.ok(&["load", archive.to_str().unwrap()]),
+        "Loaded image: example.com/saved:v1\n"
+    );
+    let image = |store: &TestStore| {
+        let out = store.ok(&["inspect", "--type", "image", "example.com/saved:v1"]);
+        let value: serde_json::Value = serde_json::from_str(&out).unwrap();
+        value
+    };
+    let (saved, loaded) = (image(&store), image(&other));
+    assert!(saved[0]["id"].as_str().unwrap().starts_with("sha256:"));
+    for field in ["id", "manifest", "layers", "Config"] {
+        assert_eq!(saved[0][field], loaded[0][field], "{field}: {loaded:#}");
+    }
+    assert_eq!(loaded[0]["Config"]["config"]["WorkingDir"], "/srv");
+    assert_eq!(run_bundle(&other, "example.com/saved:v1", "b2"), before);
+
+    // Unknown images are refused without leaving a file behind; stdout works too.
+    let missing = work.path().join("missing.tar");
+    let error = store.fails(&[
+        "save",
+        "example.com/none:v1",
+        "-o",
+        missing.to_str().unwrap(),
+    ]);
+    assert!(error.contains("example.com/none"), "{error}");
+    assert!(!missing.exists());
+    assert_eq!(
+        std::fs::read_dir(work.path())
+            .unwrap()
+            .filter(|e| e
+                .as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with(".twinbox-save"))
+            .count(),
+        0
+    );
+    let out = store.run(&["save", "example.com/saved:v1"]);
+    assert!(out.status.success());
+    assert_eq!(out.stdout, std::fs::read(&archive).unwrap());
+}

@@ -340,6 +340,11 @@ impl Vmm {
         VmHandle(self.stop.clone())
     }
 
+    /// The VM's boot times (first guest entry, boot-timer marks), readable while it runs.
+    pub fn boot_times(&self) -> Arc<BootTimes> {
+        self.boot_times.clone()
+    }
+
     /// Runs the VM until the guest reboots, powers off or halts, the owner stops it, or
     /// something fails. The vCPUs and the device event loop run on threads of their own
     /// (each with its seccomp filter); the calling thread only waits, so it may belong to a
@@ -360,6 +365,7 @@ impl Vmm {
         for vcpu in vcpus {
             let filter = filters.as_ref().map(|f| f.vcpu.clone());
             let vcpu_stop = stop.clone();
+            let first_entry = (vcpu.index() == 0).then(|| boot_times.clone());
             let thread = std::thread::Builder::new()
                 .name(format!("vcpu{}", vcpu.index()))
                 .spawn(move || {
@@ -368,6 +374,9 @@ impl Vmm {
                     {
                         vcpu_stop.stop(StopCause::Error(error.to_string()));
                         return vcpu;
+                    }
+                    if let Some(times) = first_entry {
+                        times.mark_entered();
                     }
                     // The vCPU comes back so its fds are closed outside the filtered thread.
                     vcpu.run()

@@ -9,6 +9,8 @@
 //!   raw facts. The probe judges nothing: the host compares the observations with what it
 //!   knows (its own kernel, boot id, configured limits) and decides what counts as isolated.
 //!
+//! - `guest-init`: PID 1 of a peer VMM's guest (QEMU microvm), see [`guest_init`].
+//!
 //! The library half holds the document types (shared with the host, so both sides use one
 //! schema) and the collectors, which the host also runs on itself to learn its own facts.
 //! Every check is harmless: syscalls are tried with arguments that cannot change the system
@@ -18,6 +20,7 @@
 pub mod caps;
 pub mod checks;
 pub mod errno;
+pub mod guest_init;
 pub mod marker;
 pub mod observations;
 

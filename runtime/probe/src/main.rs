@@ -11,11 +11,14 @@ const USAGE: &str = "\
 usage: twinbox-probe start-marker [--out FILE] [-- COMMAND [ARG...]]
        twinbox-probe isolation [--host-pid PID] [--alloc-test-mib MIB] [--pretty]
        twinbox-probe idle
+       /init   (as a peer VMM guest's PID 1)
 
 start-marker  print the workload-start marker line (to FILE instead of stdout with --out),
               then exec COMMAND if one is given
 isolation     run the isolation checks and print one JSON document of observations
-idle          do nothing until killed (the workload of an idle sandbox)";
+idle          do nothing until killed (the workload of an idle sandbox)
+/init         as PID 1 of a peer VMM's guest: mount the image disk, run the workload of
+              /guest-init.json, reset the machine";
 
 /// Parses a flag's value or exits with a usage error.
 fn value<T: std::str::FromStr>(flag: &str, raw: Option<OsString>) -> T {
@@ -111,6 +114,16 @@ fn idle(mut args: impl Iterator<Item = OsString>) -> ! {
 
 fn main() {
     let mut args = std::env::args_os().skip(1);
+    if std::process::id() == 1
+        && std::env::args_os()
+            .next()
+            .is_some_and(|arg0| arg0 == "/init")
+    {
+        // A guest kernel started the probe as its /init (with the command line's unknown
+        // words as arguments, which it ignores). In a container the probe may be PID 1 too,
+        // but under its own path.
+        twinbox_probe::guest_init::run();
+    }
     match args.next().as_ref().and_then(|a| a.to_str()) {
         Some("start-marker") => start_marker(args),
         Some("isolation") => isolation(args),

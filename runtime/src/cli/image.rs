@@ -1,4 +1,4 @@
-//! Image commands: pull, load, import, images, inspect, rmi, gc, bundle.
+//! Image commands: pull, load, save, import, images, inspect, rmi, gc, bundle.
 
 use std::path::PathBuf;
 
@@ -11,6 +11,8 @@ pub enum ImageCommand {
     Pull(PullArgs),
     /// Load images from an OCI layout (directory or tar) or a docker-archive tar.
     Load(LoadArgs),
+    /// Save images as an OCI image layout tar (what `load` reads back).
+    Save(SaveArgs),
     /// Create an image from a root filesystem tarball.
     Import(ImportArgs),
     /// List images.
@@ -59,6 +61,17 @@ pub struct LoadArgs {
     /// Platform to load from a multi-platform layout (default: this host).
     #[arg(long)]
     pub platform: Option<String>,
+}
+
+/// `twinbox save`.
+#[derive(Debug, Args)]
+pub struct SaveArgs {
+    /// Images (name, id or digest).
+    #[arg(required = true)]
+    pub images: Vec<String>,
+    /// Write to this file instead of stdout (which must not be a terminal).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
 }
 
 /// `twinbox import`.

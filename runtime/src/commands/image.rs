@@ -75,6 +75,18 @@ fn execute(global: &GlobalOpts, command: ImageCommand) -> CommandResult {
                 }
             }
         }
+        ImageCommand::Save(args) => match &args.output {
+            Some(path) => crate::image::save::save_to_file(&store, &args.images, path)?,
+            None => {
+                use std::io::IsTerminal;
+                if std::io::stdout().is_terminal() {
+                    return Err("refusing to write an image archive to a terminal; give -o \
+                                FILE or redirect stdout"
+                        .into());
+                }
+                crate::image::save::save(&store, &args.images, std::io::stdout().lock())?;
+            }
+        },
         ImageCommand::Import(args) => {
             let image = archive::import(&store, &args.tarball, &args.name, &args.changes)?;
             println!("{}", image.id);

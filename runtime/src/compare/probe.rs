@@ -79,8 +79,11 @@ pub fn parse_observations(stdout: &str) -> Result<Observations, CompareError> {
         .rev()
         .find(|line| line.trim_start().starts_with('{'))
         .ok_or_else(|| {
+            let chars = stdout.chars().count();
+            let tail: String = stdout.chars().skip(chars.saturating_sub(400)).collect();
             CompareError::ProbeOutput(format!(
-                "no JSON document in the probe's output ({} bytes): did the probe run?",
+                "no JSON document in the probe's output ({} bytes): did the probe run? It \
+                 ended with: {tail:?}",
                 stdout.len()
             ))
         })?;

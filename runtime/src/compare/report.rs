@@ -175,27 +175,30 @@ pub struct PhaseTimes {
     pub distribution: Distribution,
 }
 
-/// Start phases.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Start phases. A phase's times run from launch to the phase's end, so the phases of one
+/// column are ordered like the milestones that end them and compare directly with
+/// `workload_start`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
-    /// Namespaces, mounts, cgroups, up to the user process (containers).
+    /// Namespaces, mounts, cgroups, up to the user process (containers): ends when `create`
+    /// returns.
     ContainerSetup,
-    /// VMM process start to the first vCPU entry.
+    /// The VMM process starts and builds the VM: ends at the first vCPU entry.
     VmmStart,
-    /// Guest kernel boot (the guest's boot timer).
+    /// Guest kernel boot: ends at the guest's boot-timer write (the agent started as init).
     KernelBoot,
-    /// Guest agent up and connected.
+    /// Guest agent start: ends when the agent connected and completed the handshake.
     AgentReady,
 }
 
 impl Phase {
-    /// Display label.
+    /// Display label: the milestone that ends the phase.
     pub fn label(self) -> &'static str {
         match self {
-            Phase::ContainerSetup => "container setup",
-            Phase::VmmStart => "VMM start",
-            Phase::KernelBoot => "kernel boot",
+            Phase::ContainerSetup => "container set up",
+            Phase::VmmStart => "VM entered (VMM start)",
+            Phase::KernelBoot => "kernel booted",
             Phase::AgentReady => "agent ready",
         }
     }

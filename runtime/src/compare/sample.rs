@@ -70,6 +70,21 @@ pub fn sample_report() -> Report {
     header
         .notes
         .push("generated for tests <escaped & checked>".into());
+    let phase = |phase, median: f64| PhaseTimes {
+        phase,
+        distribution: Distribution::from_millis(samples(median, 3)).unwrap(),
+    };
+    let mut start_time = vec![
+        start("container", 20.0, StartClock::SharedKernel),
+        start("vm", 180.0, StartClock::HostReadTime),
+        start("runc", 25.0, StartClock::SharedKernel),
+    ];
+    start_time[0].phases = vec![phase(Phase::ContainerSetup, 12.0)];
+    start_time[1].phases = vec![
+        phase(Phase::VmmStart, 8.0),
+        phase(Phase::KernelBoot, 120.0),
+        phase(Phase::AgentReady, 150.0),
+    ];
     Report {
         schema_version: REPORT_SCHEMA_VERSION,
         header,
@@ -86,11 +101,7 @@ pub fn sample_report() -> Report {
                 },
             ),
         ],
-        start_time: vec![
-            start("container", 20.0, StartClock::SharedKernel),
-            start("vm", 180.0, StartClock::HostReadTime),
-            start("runc", 25.0, StartClock::SharedKernel),
-        ],
+        start_time,
         weight: vec![Weight {
             column: "container".into(),
             sandboxes: 3,

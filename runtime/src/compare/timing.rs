@@ -5,6 +5,9 @@ use std::time::{Duration, Instant};
 use twinbox_probe::StartMarker;
 use twinbox_probe::marker::clock_ns;
 
+use super::report::Phase;
+use crate::vm::phases::{BootPhases, Milestone};
+
 /// The host's clocks just before a sandbox is started.
 #[derive(Debug, Clone, Copy)]
 pub struct LaunchClock {
@@ -12,6 +15,8 @@ pub struct LaunchClock {
     pub realtime_ns: u64,
     /// The same instant as a monotonic `Instant`, for host-side read timestamps.
     pub instant: Instant,
+    /// `CLOCK_MONOTONIC` in ns, comparable with a VM's start milestones.
+    pub monotonic_ns: u64,
 }
 
 impl LaunchClock {
@@ -19,6 +24,7 @@ impl LaunchClock {
     pub fn now() -> Self {
         LaunchClock {
             instant: Instant::now(),
+            monotonic_ns: clock_ns(libc::CLOCK_MONOTONIC),
             realtime_ns: clock_ns(libc::CLOCK_REALTIME),
         }
     }
@@ -59,6 +65,25 @@ pub fn workload_start(
     }
 }
 
+/// The report phases of a VM and the milestones that end them.
+const VM_PHASE_ENDS: [(Phase, Milestone); 3] = [
+    (Phase::VmmStart, Milestone::VmEntered),
+    (Phase::KernelBoot, Milestone::KernelBooted),
+    (Phase::AgentReady, Milestone::AgentReady),
+];
+
+/// Launch to the end of each VM start phase the VM recorded (all on `CLOCK_MONOTONIC`);
+/// milestones from before `launch` (another sandbox's) are left out.
+pub fn vm_phases(launch: &LaunchClock, phases: &BootPhases) -> Vec<(Phase, Duration)> {
+    VM_PHASE_ENDS
+        .iter()
+        .filter_map(|&(phase, milestone)| {
+            let ns = phases.get(milestone)?.checked_sub(launch.monotonic_ns)?;
+            Some((phase, Duration::from_nanos(ns)))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,5 +109,29 @@ mod tests {
         assert_eq!(clock, StartClock::HostReadTime);
         assert!(in_vm >= Duration::from_millis(50));
         assert_eq!(in_vm, read_at - launch.instant);
+    }
+
+    #[test]
+    fn vm_phases_count_from_launch_on_the_monotonic_clock() {
+        let launch = LaunchClock::now();
+        let mut phases = BootPhases::default();
+        let at = |ms: u64| Duration::from_nanos(launch.monotonic_ns) + Duration::from_millis(ms);
+        phases.mark(Milestone::VmmStarted, at(1));
+        phases.mark(Milestone::VmEntered, at(5));
+        phases.mark(Milestone::KernelBooted, at(90));
+        phases.mark(Milestone::WorkloadCreated, at(130));
+        assert_eq!(
+            vm_phases(&launch, &phases),
+            [
+                (Phase::VmmStart, Duration::from_millis(5)),
+                (Phase::KernelBoot, Duration::from_millis(90)),
+            ]
+        );
+        let mut stale = BootPhases::default();
+        stale.mark(
+            Milestone::AgentReady,
+            Duration::from_nanos(launch.monotonic_ns - 1),
+        );
+        assert_eq!(vm_phases(&launch, &stale), []);
     }
 }

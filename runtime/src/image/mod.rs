@@ -16,6 +16,7 @@ pub mod progress;
 pub mod pull;
 pub mod reference;
 pub mod rootfs;
+pub mod save;
 pub mod store;
 pub mod unpack;
 

@@ -509,9 +509,17 @@ impl Container {
         Status::Running
     }
 
-    /// The OCI state JSON.
+    /// The OCI state JSON; a VM's also carries its start milestones as annotations
+    /// ([`crate::vm::phases`]).
     pub fn state(&self) -> serde_json::Value {
-        self.record.oci_state(self.status())
+        let mut state = self.record.oci_state(self.status());
+        if self.record.backend == BackendKind::Vm {
+            crate::vm::phases::annotate_state(
+                &crate::vm::jail::vm_dir(&self.record.state_dir),
+                &mut state,
+            );
+        }
+        state
     }
 
     fn spec(&mut self) -> Result<&Spec, LifecycleError> {

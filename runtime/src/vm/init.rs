@@ -22,6 +22,7 @@ use super::diagnose::{self, Ending};
 use super::hostio::{self, Signals};
 use super::jail::paths;
 use super::notify::{self, Notice};
+use super::phases::{BootPhases, Milestone};
 use crate::image::unpack::{WhiteoutMode, apply_layer};
 
 /// The init's configuration file in the VM directory.
@@ -91,6 +92,7 @@ struct RunningVm {
     result: Arc<Mutex<Option<Result<vmm::VmExit, String>>>>,
     thread: Option<JoinHandle<()>>,
     console: PathBuf,
+    boot_times: Arc<vmm::devices::legacy::BootTimes>,
 }
 
 impl RunningVm {
@@ -116,6 +118,7 @@ impl RunningVm {
         vm.console = vmm::ConsoleConfig::File(console.clone());
         let vmm = vmm::Vmm::build(vm).map_err(|e| e.to_string())?;
         let handle = vmm.handle();
+        let boot_times = vmm.boot_times();
         let (done, done_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| format!("creating a pipe: {e}"))?;
         let result = Arc::new(Mutex::new(None));
@@ -134,6 +137,7 @@ impl RunningVm {
             result,
             thread: Some(thread),
             console,
+            boot_times,
         })
     }
 
@@ -172,6 +176,8 @@ impl RunningVm {
 
 /// Runs the init; returns its exit code (the workload's).
 pub fn main(config_path: &Path) -> i32 {
+    let mut phases = BootPhases::default();
+    phases.mark_now(Milestone::VmmStarted);
     let vm_dir = config_path.parent().unwrap_or(Path::new("/")).to_path_buf();
     let notify_path = vm_dir.join(NOTIFY_SOCKET);
     let fail = |failure: Failure| {
@@ -211,7 +217,7 @@ pub fn main(config_path: &Path) -> i32 {
         Ok(vm) => vm,
         Err(error) => return fail(Failure::new(1, format!("cannot start the VM: {error}"))),
     };
-    let booted = boot(&config, &vm, &listener, &signals);
+    let booted = boot(&config, &vm, &listener, &signals, &mut phases);
     drop(listener);
     let _ = std::fs::remove_file(&listener_path);
     let conn = match booted {
@@ -225,6 +231,13 @@ pub fn main(config_path: &Path) -> i32 {
         "workload created {:.1} ms after the VMM started",
         started.elapsed().as_secs_f64() * 1e3
     );
+    if let Some(entered) = vm.boot_times.entered() {
+        phases.mark(Milestone::VmEntered, entered);
+    }
+    if let Some(mark) = vm.boot_times.first() {
+        phases.mark(Milestone::KernelBooted, mark.monotonic);
+    }
+    phases.write(&vm_dir);
     notify::send(&notify_path, &Notice::Ready);
     let terminal = config
         .request
@@ -251,12 +264,14 @@ fn is_stop_signal(signal: i32) -> bool {
     )
 }
 
-/// Waits for the agent, checks its version, and has it create the workload.
+/// Waits for the agent, checks its version, and has it create the workload; marks when the
+/// agent was ready and the workload created in `phases`.
 fn boot(
     config: &InitConfig,
     vm: &RunningVm,
     listener: &UnixListener,
     signals: &Signals,
+    phases: &mut BootPhases,
 ) -> Result<Connection<UnixStream>, Failure> {
     let timeout = Duration::from_millis(config.boot_timeout_ms);
     let deadline = Instant::now() + timeout;
@@ -321,7 +336,7 @@ fn boot(
     conn.send(&Message::Create(Box::new(request)))
         .map_err(|e| lost(vm, e, "sending the workload to the guest"))?;
     match conn.expect_hello(REPLY_TIMEOUT) {
-        Ok(_) => {}
+        Ok(_) => phases.mark_now(Milestone::AgentReady),
         Err(ProtocolError::VersionMismatch {
             ours,
             theirs,
@@ -341,6 +356,7 @@ fn boot(
     }
     match conn.recv_message(Some(REPLY_TIMEOUT)) {
         Ok(Message::Created { pid }) => {
+            phases.mark_now(Milestone::WorkloadCreated);
             tracing::debug!(pid, "the guest created the workload");
             Ok(conn)
         }

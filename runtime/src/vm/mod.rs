@@ -21,6 +21,7 @@ mod hostio;
 pub mod init;
 pub mod jail;
 pub mod notify;
+pub mod phases;
 pub mod plan;
 
 use std::collections::HashMap;
@@ -162,7 +163,8 @@ fn default_store_root() -> PathBuf {
 /// The file in the VM directory that names the VM's scratch directory (its own disks).
 const SCRATCH_FILE: &str = "scratch";
 
-fn create_private_dir(path: &Path) -> Result<(), VmError> {
+/// Creates `path` (and its parents) readable by root only.
+pub(crate) fn create_private_dir(path: &Path) -> Result<(), VmError> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .recursive(true)

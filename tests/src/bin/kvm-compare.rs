@@ -19,7 +19,7 @@ const EXAMPLE: &str = "Example: container vs VM mode, 5 timed starts and density
     --runs 5 --density 10
 
 All arguments after IMAGE go to `twinbox compare` in L1 (default there: --modes container,vm
---peers none). L1 runs at TCG speed: its timings are valid only as ratios.";
+--peers qemu, QEMU microvm booting the VM mode's kernel and image disk). L1 runs at TCG speed: its timings are valid only as ratios.";
 
 /// Exit status for failures of the harness itself (as podman and docker use 125).
 const HARNESS_FAILURE: u8 = 125;
@@ -68,7 +68,7 @@ fn run(cli: &Cli) -> Result<String, String> {
             .take_while(|a| *a != "--")
             .any(|a| a == flag || a.starts_with(&format!("{flag}=")))
     };
-    let defaults: Vec<&str> = [("--modes", "container,vm"), ("--peers", "none")]
+    let defaults: Vec<&str> = [("--modes", "container,vm"), ("--peers", "qemu")]
         .into_iter()
         .filter(|(flag, _)| !given(flag))
         .flat_map(|(flag, value)| [flag, value])

@@ -3,14 +3,18 @@
 //!
 //! Every container-class column (twinbox's container and VM modes, runc, runsc, crun) runs
 //! the same OCI bundle through the same runc-compatible CLI calls ([`runtime::OciRuntime`]),
-//! so the columns differ only in the runtime. Per column, in order:
+//! so the columns differ only in the runtime. The QEMU microvm column boots the VM mode's
+//! kernel and image disk instead ([`qemu`]), behind the same [`sandbox::Sandbox`] interface.
+//! Per column, in order:
 //! 1. isolation: the probe's `isolation` mode, twice (the second run is the first's sibling
 //!    for the clone-uniqueness rows); a column whose first run fails is reported with the
 //!    reason and skipped;
 //! 2. start time: N foreground `run`s of `probe start-marker -- CMD` (workload start from the
 //!    marker, exit when `run` returns: create, start, exit and delete);
-//! 3. weight: two idle sandboxes (`create` + `start` of `probe idle`; `create` is the
-//!    container-setup phase), their host processes' PSS/USS and disk;
+//! 3. weight: two idle sandboxes (`create` + `start` of `probe idle`), their host
+//!    processes' PSS/USS and disk; their starts give the phases (`create` is the
+//!    container-setup phase; a VM's `state` annotations give its VMM start, kernel boot and
+//!    agent ready milestones, see [`crate::vm::phases`]);
 //! 4. density (with `--density K`): idle sandboxes at 1, 10, 50, ... K.
 //!
 //! Everything started is a drop guard ([`sandbox::Sandbox`], [`sandbox::Workspace`]), and
@@ -18,6 +22,7 @@
 //! cgroups or state behind.
 
 pub mod interrupt;
+pub mod qemu;
 pub mod runtime;
 pub mod sandbox;
 
@@ -176,15 +181,46 @@ pub struct CompareOptions {
     pub progress: bool,
 }
 
-/// One measurable column: a runtime CLI and how to call it.
+/// How a column's sandboxes are started.
+#[derive(Debug, Clone)]
+pub enum Launcher {
+    /// A runc-compatible runtime CLI on OCI bundles.
+    Oci(OciRuntime),
+    /// QEMU microvm booting the VM mode's kernel and image disk.
+    Qemu(Box<qemu::QemuMicrovm>),
+}
+
+/// One measurable column: what starts its sandboxes.
 #[derive(Debug, Clone)]
 pub struct Lane {
     /// Column id.
     pub id: String,
     /// The runtime.
-    pub runtime: OciRuntime,
+    pub launcher: Launcher,
     /// Whether the bundle selects twinbox's VM backend.
     pub vm: bool,
+}
+
+impl Lane {
+    /// An error of this column's runtime.
+    pub fn error(&self, action: &'static str, message: String) -> OrchestrateError {
+        OrchestrateError::Runtime {
+            runtime: match &self.launcher {
+                Launcher::Oci(runtime) => runtime.name.clone(),
+                Launcher::Qemu(_) => self.id.clone(),
+            },
+            action,
+            message,
+        }
+    }
+
+    /// Flags the runtime ran with beyond the defaults, for the report's notes.
+    fn global_args(&self) -> &[String] {
+        match &self.launcher {
+            Launcher::Oci(runtime) => &runtime.global_args,
+            Launcher::Qemu(_) => &[],
+        }
+    }
 }
 
 /// Everything the sandboxes of a run share.
@@ -270,6 +306,8 @@ pub fn vm_unavailable(kind: KvmKind) -> Option<String> {
 /// A planned column: measurable, or reported with the reason it is not.
 enum Planned {
     Measure(Column, Lane),
+    /// The QEMU column, planned once the run's context (image disk, spec) exists.
+    Qemu(Column, PathBuf),
     Skip(Column),
 }
 
@@ -321,12 +359,12 @@ fn plan(
         }
         let lane = Lane {
             id: id.to_string(),
-            runtime: OciRuntime {
+            launcher: Launcher::Oci(OciRuntime {
                 name: "twinbox".into(),
                 program: options.twinbox.clone(),
                 global_args: Vec::new(),
                 state_root: workspace.state_root(id)?,
-            },
+            }),
             vm,
         };
         planned.push(Planned::Measure(col, lane));
@@ -354,15 +392,15 @@ fn plan(
         let mut col = column(id, id, ColumnKind::Peer, version_of(&program));
         if peer == Peer::Qemu {
             col.label = "QEMU microvm".into();
-            col.status = ColumnStatus::Failed {
-                reason: match vm_unavailable(kvm) {
-                    Some(reason) => format!("a VM column: {reason}"),
-                    None => "the QEMU microvm column is not implemented yet in this version \
-                             of twinbox compare"
-                        .into(),
-                },
-            };
-            planned.push(Planned::Skip(col));
+            match vm_unavailable(kvm) {
+                Some(reason) => {
+                    col.status = ColumnStatus::Failed {
+                        reason: format!("a VM column: {reason}"),
+                    };
+                    planned.push(Planned::Skip(col));
+                }
+                None => planned.push(Planned::Qemu(col, program)),
+            }
             continue;
         }
         let state_root = workspace.state_root(id)?;
@@ -373,12 +411,12 @@ fn plan(
         };
         let lane = Lane {
             id: id.to_string(),
-            runtime: OciRuntime {
+            launcher: Launcher::Oci(OciRuntime {
                 name: id.to_string(),
                 program,
                 global_args,
                 state_root,
-            },
+            }),
             vm: false,
         };
         planned.push(Planned::Measure(col, lane));
@@ -449,6 +487,23 @@ pub fn compare(options: CompareOptions) -> Result<Report, OrchestrateError> {
                 continue;
             }
             Planned::Measure(col, lane) => (col, lane),
+            Planned::Qemu(mut col, program) => match qemu::QemuMicrovm::plan(&ctx, program) {
+                Ok(qemu) => {
+                    let lane = Lane {
+                        id: col.id.clone(),
+                        launcher: Launcher::Qemu(Box::new(qemu)),
+                        vm: false,
+                    };
+                    (col, lane)
+                }
+                Err(error) => {
+                    col.status = ColumnStatus::Failed {
+                        reason: format!("cannot prepare the guest: {error}"),
+                    };
+                    columns.push(col);
+                    continue;
+                }
+            },
         };
         match measure(&ctx, &lane, &command, &mut serial) {
             Ok(result) => {
@@ -457,11 +512,11 @@ pub fn compare(options: CompareOptions) -> Result<Report, OrchestrateError> {
                 density.extend(result.density);
                 verdicts.push((col.id.clone(), result.verdicts));
                 header.notes.extend(result.notes);
-                if !lane.runtime.global_args.is_empty() {
+                if !lane.global_args().is_empty() {
                     header.notes.push(format!(
                         "{} ran with {}",
                         lane.id,
-                        lane.runtime.global_args.join(" ")
+                        lane.global_args().join(" ")
                     ));
                 }
             }
@@ -595,13 +650,13 @@ fn measure(
     check_interrupt()?;
     let idle_argv = in_sandbox(start_marker_args(&in_sandbox(vec!["idle".into()])));
     let progress = bar(ctx, lane, "weight", u64::from(WEIGHT_SAMPLES));
-    let mut setups = Vec::new();
+    let mut phase_samples = Vec::new();
     let mut idle = Vec::new();
     for _ in 0..WEIGHT_SAMPLES {
         check_interrupt()?;
         let mut sandbox = Sandbox::prepare(ctx, lane, next(), idle_argv.clone())?;
         let started = sandbox.start_idle()?;
-        setups.extend(started.setup);
+        phase_samples.extend(started.phases);
         idle.push(sandbox);
         progress.inc(1);
     }
@@ -609,7 +664,7 @@ fn measure(
     let usage = measure_all(&idle)?;
     let mut disk = DiskCounter::new();
     let mut shared = 0;
-    for dir in sandbox::image_dirs(&ctx.store, &ctx.image)? {
+    for dir in sandbox::image_dirs(&ctx.store, &ctx.image, lane)? {
         shared += disk.measure(&dir)?.allocated_bytes;
     }
     let mut own = 0;
@@ -630,26 +685,19 @@ fn measure(
 
     // Density.
     if ctx.options.density > 0 {
-        let (series, mut density_setups) = density(ctx, lane, &idle_argv, &mut next)?;
-        setups.append(&mut density_setups);
+        let (series, mut density_phases) = density(ctx, lane, &idle_argv, &mut next)?;
+        phase_samples.append(&mut density_phases);
         result.density = Some(series);
     }
 
-    if lane.vm {
+    let phases = phase_times(&phase_samples);
+    if lane.vm && phases.len() < 3 {
         result.notes.push(format!(
-            "{}: the VM phases (VMM start, kernel boot, agent ready) are not measured: the VM \
-             backend does not report its VMM's boot timer through the runtime CLI yet",
-            lane.id
+            "{}: some VM phases were not reported by `twinbox state` (annotations {}*)",
+            lane.id,
+            crate::vm::phases::ANNOTATION_PREFIX
         ));
     }
-    let phases = Distribution::from_durations(&setups)
-        .map(|distribution| PhaseTimes {
-            phase: Phase::ContainerSetup,
-            distribution,
-        })
-        .into_iter()
-        .filter(|_| !lane.vm)
-        .collect();
     result.start_time = Some(StartTimes {
         column: lane.id.clone(),
         runs,
@@ -660,6 +708,27 @@ fn measure(
         phases,
     });
     Ok(result)
+}
+
+/// One distribution per phase of `samples` (launch to the phase's end), in phase order.
+fn phase_times(samples: &[(Phase, Duration)]) -> Vec<PhaseTimes> {
+    let mut phases: Vec<Phase> = samples.iter().map(|(phase, _)| *phase).collect();
+    phases.sort();
+    phases.dedup();
+    phases
+        .into_iter()
+        .filter_map(|phase| {
+            let durations: Vec<Duration> = samples
+                .iter()
+                .filter(|(p, _)| *p == phase)
+                .map(|(_, d)| *d)
+                .collect();
+            Some(PhaseTimes {
+                phase,
+                distribution: Distribution::from_durations(&durations)?,
+            })
+        })
+        .collect()
 }
 
 /// Launch to workload start of a started sandbox.
@@ -736,18 +805,18 @@ fn isolation(
 }
 
 /// The density ladder: idle sandboxes at each step, memory per sandbox and start latencies.
-/// Returns the series and the container-setup times of every launch.
+/// Returns the series and the phase times of every launch.
 fn density(
     ctx: &Context,
     lane: &Lane,
     idle_argv: &[String],
     next: &mut impl FnMut() -> u32,
-) -> Result<(DensitySeries, Vec<Duration>), OrchestrateError> {
+) -> Result<(DensitySeries, Vec<(Phase, Duration)>), OrchestrateError> {
     let steps = ladder(ctx.options.density);
     let progress = bar(ctx, lane, "density", u64::from(ctx.options.density));
     let mut running: Vec<Sandbox> = Vec::new();
     let mut points = Vec::new();
-    let mut setups = Vec::new();
+    let mut phase_samples = Vec::new();
     let mut attempted = 0u32;
     for step in steps {
         let mut latencies = Vec::new();
@@ -759,7 +828,7 @@ fn density(
             match sandbox.start_idle() {
                 Ok(started) => {
                     latencies.push(start_of(ctx, &started).0);
-                    setups.extend(started.setup);
+                    phase_samples.extend(started.phases);
                     running.push(sandbox);
                 }
                 Err(error) => {
@@ -795,7 +864,7 @@ fn density(
             column: lane.id.clone(),
             points,
         },
-        setups,
+        phase_samples,
     ))
 }
 

@@ -118,19 +118,21 @@ impl OciRuntime {
         id: &str,
         log: &Path,
     ) -> Result<Running, OrchestrateError> {
-        let (child, stdout) = self.spawn_on_bundle("run", bundle, id, log)?;
-        Ok(Running {
-            child,
-            stdout,
-            output: Vec::new(),
-        })
+        let (mut child, stdout) = self.spawn_on_bundle("run", bundle, id, log)?;
+        child.stdout = Some(stdout);
+        Ok(Running::new(child))
+    }
+
+    /// `state ID`: the sandbox's OCI state.
+    pub fn state(&self, id: &str) -> Result<serde_json::Value, OrchestrateError> {
+        let stdout = self.call("state", &["state", id])?;
+        serde_json::from_slice(&stdout)
+            .map_err(|e| self.error("state", format!("unreadable state JSON: {e}")))
     }
 
     /// The host pid of the sandbox's init, from `state ID`.
     pub fn init_pid(&self, id: &str) -> Result<u32, OrchestrateError> {
-        let stdout = self.call("state", &["state", id])?;
-        let state: serde_json::Value = serde_json::from_slice(&stdout)
-            .map_err(|e| self.error("state", format!("unreadable state JSON: {e}")))?;
+        let state = self.state(id)?;
         state["pid"]
             .as_u64()
             .filter(|pid| *pid > 0)
@@ -159,6 +161,21 @@ impl OciRuntime {
 }
 
 impl Running {
+    /// Wraps a started process whose stdout is piped (and which leads its own process group).
+    pub fn new(mut child: Child) -> Self {
+        let stdout = child.stdout.take().expect("stdout is piped");
+        Running {
+            child,
+            stdout,
+            output: Vec::new(),
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Reads stdout until `found` accepts what was read (returns the instant it was read),
     /// or until end of file (`None`), or fails at `deadline`.
     pub fn read_until(

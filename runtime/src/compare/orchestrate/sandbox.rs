@@ -8,13 +8,15 @@ use std::time::{Duration, Instant};
 
 use oci_spec::runtime::{LinuxMemoryBuilder, LinuxPidsBuilder, MountBuilder, Spec};
 
-use super::runtime::{OciRuntime, Running, log_tail, read_until};
-use super::{Context, Lane, OrchestrateError};
+use super::runtime::{Running, log_tail, read_until};
+use super::{Context, Lane, Launcher, OrchestrateError};
 use crate::backend::ISOLATION_ANNOTATION;
 use crate::compare::memory;
 use crate::compare::probe::IN_SANDBOX_PATH;
-use crate::compare::timing::LaunchClock;
+use crate::compare::report::Phase;
+use crate::compare::timing::{LaunchClock, vm_phases};
 use crate::image::store::{Image, ImageStore};
+use crate::vm::phases::BootPhases;
 use twinbox_probe::StartMarker;
 
 /// The probe's exit status when it cannot exec the workload (as a shell's).
@@ -113,25 +115,30 @@ impl Drop for Workspace {
 }
 
 /// One sandbox: its root filesystem in the store, its bundle, and (once created) its runtime
-/// state. Dropping it deletes everything it made, in reverse order.
+/// state; or, in the QEMU column, its initramfs and its QEMU process. Dropping it deletes
+/// everything it made, in reverse order.
 pub struct Sandbox<'a> {
     lane: &'a Lane,
     store: &'a ImageStore,
     /// The container id (unique per compare run).
     pub id: String,
+    /// The bundle directory (the QEMU column's per-sandbox directory).
     bundle: PathBuf,
     /// `linux.cgroupsPath` of the sandbox.
     cgroup: String,
     rootfs_prepared: bool,
     created: bool,
+    /// The QEMU process of an idle QEMU sandbox (killed on removal).
+    vm_process: Option<Running>,
 }
 
 /// A started sandbox's first moments, as measured.
 pub struct Started {
     /// The clocks at launch.
     pub launch: LaunchClock,
-    /// Launch to `create` returning (container setup), for create/start launches.
-    pub setup: Option<Duration>,
+    /// Launch to the end of each start phase, for create/start launches: container setup
+    /// (`create` returning), or a VM's phases as its `state` reports them.
+    pub phases: Vec<(Phase, Duration)>,
     /// The marker the probe printed and when the host read it.
     pub marker: StartMarker,
     /// When the marker line was read.
@@ -147,7 +154,7 @@ fn marker_in(output: &[u8]) -> Option<StartMarker> {
 
 impl<'a> Sandbox<'a> {
     /// Prepares a sandbox of `lane` running `argv` (a path inside the sandbox first): root
-    /// filesystem, bundle and config.json. Nothing runs yet.
+    /// filesystem, bundle and config.json (for QEMU: the initramfs). Nothing runs yet.
     pub fn prepare(
         ctx: &'a Context,
         lane: &'a Lane,
@@ -164,12 +171,24 @@ impl<'a> Sandbox<'a> {
             bundle,
             rootfs_prepared: false,
             created: false,
+            vm_process: None,
         };
         std::fs::create_dir_all(&sandbox.bundle)
             .map_err(|e| OrchestrateError::io(&sandbox.bundle, e))?;
+        if let Launcher::Qemu(qemu) = &lane.launcher {
+            qemu.prepare(&sandbox.bundle, argv, &sandbox.id)?;
+            return Ok(sandbox);
+        }
         let rootfs = ctx.store.prepare_rootfs(&sandbox.id, &ctx.image)?;
         sandbox.rootfs_prepared = true;
-        let spec = bundle_spec(ctx, lane, &sandbox.id, &sandbox.cgroup, &rootfs.path, argv)?;
+        let spec = bundle_spec(
+            ctx,
+            lane.vm,
+            &sandbox.id,
+            &sandbox.cgroup,
+            &rootfs.path,
+            argv,
+        )?;
         let config = sandbox.bundle.join("config.json");
         spec.save(&config)
             .map_err(|e| OrchestrateError::io(&config, std::io::Error::other(e.to_string())))?;
@@ -180,8 +199,13 @@ impl<'a> Sandbox<'a> {
         self.bundle.join("runtime.log")
     }
 
-    fn runtime(&self) -> &OciRuntime {
-        &self.lane.runtime
+    /// Starts the sandbox's workload in the foreground: `run` of an OCI runtime, or a QEMU
+    /// boot (whose console is its stdout).
+    fn spawn_foreground(&self) -> Result<Running, OrchestrateError> {
+        match &self.lane.launcher {
+            Launcher::Oci(runtime) => runtime.spawn_run(&self.bundle, &self.id, &self.log()),
+            Launcher::Qemu(qemu) => qemu.spawn(&self.bundle, &self.log()),
+        }
     }
 
     /// Runs the workload in the foreground (`run`): returns the marker (if the workload
@@ -193,11 +217,9 @@ impl<'a> Sandbox<'a> {
         let deadline = Instant::now() + START_TIMEOUT;
         let launch = LaunchClock::now();
         self.created = true;
-        let mut running: Running = self
-            .runtime()
-            .spawn_run(&self.bundle, &self.id, &self.log())?;
+        let mut running: Running = self.spawn_foreground()?;
         let lane = self.lane;
-        let fail = move |message: String| lane.runtime.error("run", message);
+        let fail = move |message: String| lane.error("run", message);
         let mut started = None;
         if want_marker {
             let read_at = running
@@ -206,7 +228,7 @@ impl<'a> Sandbox<'a> {
             if let (Some(read_at), Some(marker)) = (read_at, marker_in(&running.output)) {
                 started = Some(Started {
                     launch,
-                    setup: None,
+                    phases: Vec::new(),
                     marker,
                     read_at,
                 });
@@ -214,47 +236,112 @@ impl<'a> Sandbox<'a> {
         }
         running.read_until(deadline, |_| false).map_err(fail)?;
         let stdout = String::from_utf8_lossy(&running.output).into_owned();
-        let status = running.finish(deadline).map_err(fail)?;
+        let mut status = running.finish(deadline).map_err(fail)?;
         let exited = launch.instant.elapsed();
+        if matches!(lane.launcher, Launcher::Qemu(_)) {
+            status = super::qemu::workload_status(&stdout, status);
+        }
         // A workload that started may exit with any status (`-- sh -c 'exit 3'` is a fine
         // workload to time); 127 is the probe failing to exec it.
         let workload_ran = started.is_some() && status.code() != Some(PROBE_EXEC_FAILED);
         if !status.success() && !workload_ran {
-            return Err(fail(format!("{status}: {}", log_tail(&self.log()))));
+            return Err(fail(format!("{status}: {}", self.failure_output(&stdout))));
         }
         // `run` deleted the sandbox.
         self.created = false;
         if want_marker && started.is_none() {
             return Err(fail(format!(
                 "the workload exited without the probe's start marker (stdout: {:?}; log: {})",
-                stdout.chars().take(200).collect::<String>(),
+                tail_chars(&stdout, 300),
                 log_tail(&self.log())
             )));
         }
         Ok((started, stdout, exited))
     }
 
-    /// Starts an idle sandbox with `create` + `start` and waits for its start marker.
+    /// What explains a failed run: the runtime's log, and for QEMU the end of the console.
+    fn failure_output(&self, stdout: &str) -> String {
+        match &self.lane.launcher {
+            Launcher::Oci(_) => log_tail(&self.log()),
+            Launcher::Qemu(_) => format!(
+                "{} (console: {:?})",
+                log_tail(&self.log()),
+                tail_chars(stdout, 300)
+            ),
+        }
+    }
+
+    /// Starts an idle sandbox with `create` + `start` (QEMU: boots it) and waits for its
+    /// start marker.
     pub fn start_idle(&mut self) -> Result<Started, OrchestrateError> {
         let deadline = Instant::now() + START_TIMEOUT;
         let launch = LaunchClock::now();
+        let runtime = match &self.lane.launcher {
+            Launcher::Oci(runtime) => runtime,
+            Launcher::Qemu(qemu) => {
+                let running = self
+                    .vm_process
+                    .insert(qemu.spawn(&self.bundle, &self.log())?);
+                let read_at = running
+                    .read_until(deadline, |out| marker_in(out).is_some())
+                    .map_err(|e| self.lane.error("start", e))?;
+                return match (read_at, marker_in(&running.output)) {
+                    (Some(read_at), Some(marker)) => Ok(Started {
+                        launch,
+                        phases: super::qemu::guest_phases(
+                            &launch,
+                            read_at,
+                            &marker,
+                            &String::from_utf8_lossy(&running.output),
+                        ),
+                        marker,
+                        read_at,
+                    }),
+                    _ => {
+                        let console = String::from_utf8_lossy(&running.output).into_owned();
+                        Err(self.lane.error(
+                            "start",
+                            format!(
+                                "the guest stopped before its start marker ({})",
+                                self.failure_output(&console)
+                            ),
+                        ))
+                    }
+                };
+            }
+        };
         self.created = true;
-        let mut stdout: ChildStdout = self.runtime().create(&self.bundle, &self.id, &self.log())?;
+        let mut stdout: ChildStdout = runtime.create(&self.bundle, &self.id, &self.log())?;
         let setup = launch.instant.elapsed();
-        self.runtime().call("start", &["start", self.id.as_str()])?;
+        runtime.call("start", &["start", self.id.as_str()])?;
         let mut output = Vec::new();
         let read_at = read_until(&mut stdout, &mut output, deadline, |out| {
             marker_in(out).is_some()
         })
-        .map_err(|e| self.runtime().error("start", e))?;
+        .map_err(|e| runtime.error("start", e))?;
         match (read_at, marker_in(&output)) {
-            (Some(read_at), Some(marker)) => Ok(Started {
-                launch,
-                setup: Some(setup),
-                marker,
-                read_at,
-            }),
-            _ => Err(self.runtime().error(
+            (Some(read_at), Some(marker)) => {
+                // Read after the marker, so the extra `state` call is not part of the start.
+                let phases = if self.lane.vm {
+                    let state = runtime.state(&self.id)?;
+                    let annotations = state["annotations"].as_object().into_iter().flatten();
+                    vm_phases(
+                        &launch,
+                        &BootPhases::from_annotations(
+                            annotations.filter_map(|(k, v)| Some((k.as_str(), v.as_str()?))),
+                        ),
+                    )
+                } else {
+                    vec![(Phase::ContainerSetup, setup)]
+                };
+                Ok(Started {
+                    launch,
+                    phases,
+                    marker,
+                    read_at,
+                })
+            }
+            _ => Err(runtime.error(
                 "start",
                 format!(
                     "the sandbox exited before its start marker ({})",
@@ -265,9 +352,20 @@ impl<'a> Sandbox<'a> {
     }
 
     /// The sandbox's host processes: its init's process tree plus every process in its
-    /// cgroup (runsc's gofer, say, is neither the init nor its descendant).
+    /// cgroup (runsc's gofer, say, is neither the init nor its descendant); for QEMU, the
+    /// QEMU process and its children.
     pub fn host_processes(&self) -> Result<Vec<u32>, OrchestrateError> {
-        let init = self.runtime().init_pid(&self.id)?;
+        let runtime = match &self.lane.launcher {
+            Launcher::Oci(runtime) => runtime,
+            Launcher::Qemu(_) => {
+                let running = self.vm_process.as_ref().ok_or_else(|| {
+                    self.lane
+                        .error("state", "the guest is not running".to_string())
+                })?;
+                return Ok(memory::process_tree(running.pid())?);
+            }
+        };
+        let init = runtime.init_pid(&self.id)?;
         let mut pids = memory::process_tree(init)?;
         for dir in cgroup_dirs(&self.cgroup) {
             let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) else {
@@ -284,12 +382,16 @@ impl<'a> Sandbox<'a> {
         Ok(pids)
     }
 
-    /// The directories holding what this sandbox adds on disk: its writable layer and bundle.
+    /// The directories holding what this sandbox adds on disk: its writable layer and bundle
+    /// (for QEMU: its initramfs directory; the guest writes only to its RAM).
     pub fn own_disk(&self) -> Vec<PathBuf> {
-        vec![
-            self.store.container_dir(&self.id).join("upper"),
-            self.bundle.clone(),
-        ]
+        match &self.lane.launcher {
+            Launcher::Oci(_) => vec![
+                self.store.container_dir(&self.id).join("upper"),
+                self.bundle.clone(),
+            ],
+            Launcher::Qemu(_) => vec![self.bundle.clone()],
+        }
     }
 
     /// Deletes the sandbox now (what dropping it does), reporting the first error.
@@ -299,8 +401,11 @@ impl<'a> Sandbox<'a> {
 
     fn cleanup(&mut self) -> Result<(), OrchestrateError> {
         let mut first_error = None;
+        // Dropping a running QEMU kills its process group and reaps it.
+        drop(self.vm_process.take());
         if std::mem::take(&mut self.created)
-            && let Err(error) = self.runtime().delete(&self.id)
+            && let Launcher::Oci(runtime) = &self.lane.launcher
+            && let Err(error) = runtime.delete(&self.id)
         {
             first_error.get_or_insert(error);
         }
@@ -326,6 +431,12 @@ impl Drop for Sandbox<'_> {
     }
 }
 
+/// The last `n` characters of `text`.
+fn tail_chars(text: &str, n: usize) -> String {
+    let count = text.chars().count();
+    text.chars().skip(count.saturating_sub(n)).collect()
+}
+
 /// The probe's file name inside the sandbox (and in the workspace's probe directory).
 fn probe_file_name() -> &'static str {
     IN_SANDBOX_PATH
@@ -339,7 +450,7 @@ fn probe_file_name() -> &'static str {
 /// workspace's parent, and the VM annotation for VM lanes.
 fn bundle_spec(
     ctx: &Context,
-    lane: &Lane,
+    vm: bool,
     id: &str,
     cgroup: &str,
     rootfs: &Path,
@@ -352,7 +463,7 @@ fn bundle_spec(
         hostname: Some(id.to_string()),
         ..Default::default()
     };
-    if lane.vm {
+    if vm {
         options
             .annotations
             .insert(ISOLATION_ANNOTATION.to_string(), "vm".to_string());
@@ -401,7 +512,34 @@ fn bundle_spec(
     Ok(spec)
 }
 
-/// What the image occupies on disk once, shared by all sandboxes: its unpacked layers.
-pub fn image_dirs(store: &ImageStore, image: &Image) -> Result<Vec<PathBuf>, OrchestrateError> {
-    Ok(store.layer_dirs(image)?)
+/// What the image occupies on disk once, shared by all sandboxes of `lane`: its unpacked
+/// layers (for QEMU: the image disk it boots).
+pub fn image_dirs(
+    store: &ImageStore,
+    image: &Image,
+    lane: &Lane,
+) -> Result<Vec<PathBuf>, OrchestrateError> {
+    match &lane.launcher {
+        Launcher::Oci(_) => Ok(store.layer_dirs(image)?),
+        Launcher::Qemu(qemu) => Ok(qemu.shared_disk()),
+    }
+}
+
+/// The runtime spec a VM-mode sandbox of the image gets (limits, the image's process
+/// settings), resolved against a root filesystem prepared for the call and removed after.
+pub fn spec_with_rootfs(ctx: &Context, name: &str) -> Result<Spec, OrchestrateError> {
+    let id = format!("tbc{}-{name}", std::process::id());
+    let rootfs = ctx.store.prepare_rootfs(&id, &ctx.image)?;
+    let spec = bundle_spec(
+        ctx,
+        true,
+        &id,
+        &format!("{}/{id}", ctx.workspace.cgroup_parent),
+        &rootfs.path,
+        vec![IN_SANDBOX_PATH.to_string()],
+    );
+    let removed = ctx.store.remove_rootfs(&id);
+    let spec = spec?;
+    removed?;
+    Ok(spec)
 }

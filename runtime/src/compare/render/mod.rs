@@ -111,10 +111,7 @@ fn start_rows(report: &Report) -> Vec<(String, String, [String; 7])> {
             metric("to exit".into(), dist);
         }
         for phase in &times.phases {
-            metric(
-                format!("phase: {}", phase.phase.label()),
-                &phase.distribution,
-            );
+            metric(format!("to {}", phase.phase.label()), &phase.distribution);
         }
     }
     rows
@@ -150,6 +147,11 @@ mod tests {
             .unwrap();
         assert!(total_line.contains(&format!("{} of {}", totals.isolated, totals.checks)));
         assert!(text.contains("absent: runsc is not installed"));
+        for phase in &report.start_time[1].phases {
+            let row = format!("to {}", phase.phase.label());
+            let line = text.lines().find(|l| l.contains(&row)).unwrap();
+            assert!(line.contains(&ms(phase.distribution.p50_ms)), "{line}");
+        }
         // Aligned: every isolation row puts its second cell at the same character column.
         let iso: Vec<&str> = text
             .split("\nIsolation")

@@ -2,7 +2,7 @@
 //! device window, the VMM records the time since it started (Firecracker's boot timer
 //! protocol; from a guest shell: `devmem 0xd0000000 8 123`).
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::devices::bus::{BusDevice, lock};
@@ -24,9 +24,21 @@ pub struct BootMark {
 #[derive(Debug, Default)]
 pub struct BootTimes {
     marks: Mutex<Vec<BootMark>>,
+    entered: OnceLock<Duration>,
 }
 
 impl BootTimes {
+    /// Records that the guest is about to run for the first time (vCPU 0's first `KVM_RUN`);
+    /// later calls keep the first time.
+    pub fn mark_entered(&self) {
+        let _ = self.entered.set(monotonic_now());
+    }
+
+    /// CLOCK_MONOTONIC when the guest first ran, once it has.
+    pub fn entered(&self) -> Option<Duration> {
+        self.entered.get().copied()
+    }
+
     /// The first mark.
     pub fn first(&self) -> Option<BootMark> {
         lock(&self.marks).first().copied()
@@ -115,5 +127,17 @@ mod tests {
         }
         assert_eq!(times.all().len(), MAX_MARKS);
         assert_eq!(times.first(), Some(first));
+    }
+
+    #[test]
+    fn the_first_guest_entry_is_kept() {
+        let times = BootTimes::default();
+        assert_eq!(times.entered(), None);
+        let before = monotonic_now();
+        times.mark_entered();
+        let entered = times.entered().unwrap();
+        assert!(entered >= before && entered <= monotonic_now());
+        times.mark_entered();
+        assert_eq!(times.entered(), Some(entered));
     }
 }
