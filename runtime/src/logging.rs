@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::fs::OpenOptions;
+use std::path::Path;
 use std::sync::Mutex;
 
 use tracing::{Event, Level, Subscriber};
@@ -78,10 +79,19 @@ where
 /// Sets up logging from the global options. Without `--log`, only warnings and errors go to
 /// stderr (in the chosen format), so engines reading stderr see just the failure.
 pub fn init(global: &GlobalOpts) {
-    let json = global.log_format == LogFormat::Json;
-    let level = if global.debug {
+    init_with(
+        global.log.as_deref(),
+        global.debug,
+        global.log_format == LogFormat::Json,
+    );
+}
+
+/// Sets up logging to `log` (else stderr): debug messages with `debug`, else info messages
+/// into a file and only warnings and errors onto stderr; JSON lines with `json`.
+pub fn init_with(log: Option<&Path>, debug: bool, json: bool) {
+    let level = if debug {
         Level::DEBUG
-    } else if global.log.is_some() {
+    } else if log.is_some() {
         Level::INFO
     } else {
         Level::WARN
@@ -89,7 +99,7 @@ pub fn init(global: &GlobalOpts) {
     let builder = tracing_subscriber::fmt()
         .event_format(RuncFormat { json })
         .with_max_level(level);
-    let file = global.log.as_ref().and_then(|path| {
+    let file = log.and_then(|path| {
         OpenOptions::new()
             .create(true)
             .append(true)

@@ -19,19 +19,6 @@ pub enum VmAction {
     /// Exits 0 when the guest reboots or powers off (use `reboot=t` or the default
     /// `reboot=k` with `reboot -f` in the guest), non-zero with a message otherwise.
     Boot(VmBootArgs),
-    /// The VM backend's init process (the jailed VMM); started by `create`, not by hand.
-    #[command(hide = true)]
-    Init(VmInternalArgs),
-    /// The VM backend's exec relay; started by `exec`, not by hand.
-    #[command(hide = true)]
-    ExecRelay(VmInternalArgs),
-}
-
-/// Arguments of the VM backend's internal processes.
-#[derive(Debug, Args)]
-pub struct VmInternalArgs {
-    /// Their configuration file (written by the command that starts them).
-    pub config: PathBuf,
 }
 
 /// Options of `twinbox vm boot`.

@@ -26,7 +26,7 @@ pub const VMM_MEMORY_OVERHEAD: u64 = 64 << 20;
 
 /// Paths inside the jail.
 pub mod paths {
-    /// The twinbox binary (the VMM process runs `/twinbox vm init ...`).
+    /// The twinbox binary (the VMM process runs `/twinbox __vm init ...`).
     pub const TWINBOX: &str = "/twinbox";
     /// The guest kernel.
     pub const KERNEL: &str = "/kernel";
@@ -85,18 +85,14 @@ fn bind(destination: &str, source: &Path, read_only: bool) -> Result<Mount, VmEr
         .map_err(build_error)
 }
 
-/// The command line of twinbox in the jail: `twinbox --log LOG [--debug] vm ARGS...`.
+/// The command line of twinbox in the jail: `twinbox __vm ARGS... [--debug]` (see
+/// [`super::internal_main`]).
 pub fn twinbox_command(debug: bool, vm_args: &[&str]) -> Vec<String> {
-    let mut args = vec![
-        paths::TWINBOX.to_string(),
-        "--log".into(),
-        paths::LOG.into(),
-    ];
+    let mut args = vec![paths::TWINBOX.to_string(), super::INTERNAL_ARG.to_string()];
+    args.extend(vm_args.iter().map(|a| a.to_string()));
     if debug {
         args.push("--debug".into());
     }
-    args.push("vm".into());
-    args.extend(vm_args.iter().map(|a| a.to_string()));
     args
 }
 
@@ -390,15 +386,8 @@ mod tests {
         assert!(jail.root().as_ref().unwrap().readonly().unwrap());
         let process = jail.process().as_ref().unwrap();
         assert_eq!(
-            process.args().as_ref().unwrap()[..6],
-            [
-                "/twinbox",
-                "--log",
-                "/vm/vmm.log",
-                "vm",
-                "init",
-                "/vm/init.json"
-            ]
+            process.args().as_ref().unwrap()[..4],
+            ["/twinbox", "__vm", "init", "/vm/init.json"]
         );
         assert!(
             process
