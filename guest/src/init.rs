@@ -64,11 +64,8 @@ fn fork_session(conn: File, closing: &[&dyn AsRawFd], serve: fn(File) -> i32) ->
 /// PID 1's whole life.
 pub fn run() -> ! {
     boot::signal_boot_timer();
-    if let Err(error) = boot::leave_initramfs().and_then(|()| boot::mount_api_filesystems()) {
-        fatal(&format!("early boot failed: {error}"));
-    }
-    let _ = nix::unistd::sethostname("twinbox");
-    let signals = child_signals().unwrap_or_else(|e| fatal(&e.to_string()));
+    // Reach the host first: its hello and create request travel while the root is switched
+    // and the API filesystems are mounted.
     let listener = vsock_listen(AGENT_PORT)
         .unwrap_or_else(|e| fatal(&format!("cannot listen on vsock port {AGENT_PORT}: {e}")));
     let main = connect_host().unwrap_or_else(|e| {
@@ -76,6 +73,11 @@ pub fn run() -> ! {
             "cannot reach the host on vsock port {HOST_PORT}: {e} (does the VM have a vsock device?)"
         ))
     });
+    if let Err(error) = boot::leave_initramfs().and_then(|()| boot::mount_api_filesystems()) {
+        fatal(&format!("early boot failed: {error}"));
+    }
+    let _ = nix::unistd::sethostname("twinbox");
+    let signals = child_signals().unwrap_or_else(|e| fatal(&e.to_string()));
     let main_session = fork_session(main, &[&listener, &signals], crate::workload::serve)
         .unwrap_or_else(|e| fatal(&format!("cannot start the main session: {e}")));
     serve_requests(&listener, &signals, main_session);
