@@ -163,6 +163,7 @@ pub fn vm_job(steps: &StepScript, bundles: &Bundles, work: &Path, timeout: Durat
 pub fn twinbox_job(steps: &StepScript, work: &Path, timeout: Duration) -> Job {
     let kernel = crate::guest_kernel();
     let twinbox = stripped(&crate::twinbox_bin(), work);
+    let vmm = stripped(&crate::workspace_bin("twinbox-vmm"), work);
     let agent = crate::workspace_bin("twinbox-agent");
     let config =
         "[vm]\nkernel = \"/l2/vmlinux\"\n# L2 boots at TCG speed.\nboot_timeout_secs = 120\n";
@@ -172,6 +173,7 @@ pub fn twinbox_job(steps: &StepScript, work: &Path, timeout: Duration) -> Job {
     )
     .data("/job/steps.sh", steps.script().as_bytes().to_vec(), 0o755)
     .file(&twinbox, "/job/twinbox")
+    .file(&vmm, "/job/twinbox-vmm")
     .file(&agent, "/job/twinbox-agent")
     .file(&kernel.vmlinux, "/l2/vmlinux")
     .data(

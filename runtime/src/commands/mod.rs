@@ -30,15 +30,11 @@ pub fn version_text() -> String {
 
 /// The `twinbox` binary: parses `args` (argv, program name first) and runs the command;
 /// returns the process exit code. Usage errors of the docker-style commands exit with 125 as
-/// docker's do; a detached container's monitor (`twinbox __monitor ...`) and the VM backend's
-/// own processes (`twinbox __vm ...`) are dispatched before any parsing so that they stay
-/// small and start fast.
+/// docker's do; a detached container's monitor (`twinbox __monitor ...`) is dispatched before
+/// any parsing so that it stays small.
 pub fn main(args: Vec<OsString>) -> i32 {
     if args.get(1).is_some_and(|a| a == MONITOR_ARG) {
         return monitor::main(&args[2..]);
-    }
-    if args.get(1).is_some_and(|a| a == crate::vm::INTERNAL_ARG) {
-        return crate::vm::internal_main(&args[2..]);
     }
     match Cli::try_parse_from(&args) {
         Ok(cli) => run(cli),

@@ -16,12 +16,14 @@ use crate::config::VmSettings;
 /// Annotation naming the guest kernel for one container (`--kernel` sets it).
 pub const KERNEL_ANNOTATION: &str = "io.twinbox.vm.kernel";
 
-/// Where an installed twinbox keeps its guest kernel and agent.
+/// Where an installed twinbox keeps its guest kernel, agent and VMM binary.
 const INSTALL_DIRS: [&str; 2] = ["/usr/local/lib/twinbox", "/usr/lib/twinbox"];
 /// The guest kernel's file name in the build tree and the install directories.
 const KERNEL_FILE: &str = "vmlinux";
 /// The guest agent's file name.
 const AGENT_FILE: &str = "twinbox-agent";
+/// The VMM process's binary.
+const VMM_FILE: &str = "twinbox-vmm";
 
 /// The KVM device.
 pub const KVM_DEVICE: &str = "/dev/kvm";
@@ -96,21 +98,32 @@ pub fn agent(settings: &VmSettings) -> Result<PathBuf, VmError> {
             )))
         };
     }
+    find_companion(AGENT_FILE, "the guest agent").map_err(VmError::Agent)
+}
+
+/// A binary built and installed with twinbox (`what`, in errors): next to the running
+/// binary, else in the install directories; the error says where it looked.
+fn find_companion(file: &str, what: &str) -> Result<PathBuf, String> {
     let mut candidates = Vec::new();
     if let Some(dir) = std::env::current_exe()
         .ok()
         .and_then(|e| e.parent().map(Path::to_path_buf))
     {
-        candidates.push(dir.join(AGENT_FILE));
+        candidates.push(dir.join(file));
     }
-    candidates.extend(INSTALL_DIRS.iter().map(|d| Path::new(d).join(AGENT_FILE)));
+    candidates.extend(INSTALL_DIRS.iter().map(|d| Path::new(d).join(file)));
     first_existing(&candidates).ok_or_else(|| {
-        VmError::Agent(format!(
-            "the guest agent (twinbox-agent) was not found (looked for {}); it is built with \
-             twinbox (`cargo build --workspace`) and installed next to it",
+        format!(
+            "{what} ({file}) was not found (looked for {}); it is built with twinbox (`cargo \
+             build --workspace`) and installed next to it",
             describe(&candidates)
-        ))
+        )
     })
+}
+
+/// The `twinbox-vmm` binary that runs jailed as each VM's VMM process.
+pub fn vmm_binary() -> Result<PathBuf, VmError> {
+    find_companion(VMM_FILE, "the VMM binary").map_err(VmError::Host)
 }
 
 /// A cheap key for a file's identity and version: path, device, inode, size, mtime and ctime.

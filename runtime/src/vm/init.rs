@@ -1,4 +1,4 @@
-//! The VM's init process: `twinbox __vm init CONFIG`, started in the jail by `create`. It is
+//! The VM's init process: `twinbox-vmm init CONFIG`, started in the jail by `create`. It is
 //! what the caller sees as the container: it boots the guest with twinbox's VMM, waits for
 //! the agent, has it create the workload, reports to the creator, blocks on the exec fifo
 //! until `start`, then relays stdio, signals and terminal resizes, writes the workload's

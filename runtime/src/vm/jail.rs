@@ -26,8 +26,8 @@ pub const VMM_MEMORY_OVERHEAD: u64 = 64 << 20;
 
 /// Paths inside the jail.
 pub mod paths {
-    /// The twinbox binary (the VMM process runs `/twinbox __vm init ...`).
-    pub const TWINBOX: &str = "/twinbox";
+    /// The `twinbox-vmm` binary (the VMM process runs `/twinbox-vmm init ...`).
+    pub const VMM: &str = "/twinbox-vmm";
     /// The guest kernel.
     pub const KERNEL: &str = "/kernel";
     /// The initramfs with the agent.
@@ -55,6 +55,8 @@ pub mod paths {
 pub struct JailInputs<'a> {
     /// The VM plan.
     pub plan: &'a Plan,
+    /// The `twinbox-vmm` binary.
+    pub vmm: &'a Path,
     /// The guest kernel.
     pub kernel: &'a Path,
     /// The initramfs.
@@ -85,10 +87,10 @@ fn bind(destination: &str, source: &Path, read_only: bool) -> Result<Mount, VmEr
         .map_err(build_error)
 }
 
-/// The command line of twinbox in the jail: `twinbox __vm ARGS... [--debug]` (see
-/// [`super::internal_main`]).
-pub fn twinbox_command(debug: bool, vm_args: &[&str]) -> Vec<String> {
-    let mut args = vec![paths::TWINBOX.to_string(), super::INTERNAL_ARG.to_string()];
+/// The command line of a VM process in the jail: `twinbox-vmm ARGS... [--debug]` (see
+/// [`super::vmm_process_main`]).
+pub fn vmm_command(debug: bool, vm_args: &[&str]) -> Vec<String> {
+    let mut args = vec![paths::VMM.to_string()];
     args.extend(vm_args.iter().map(|a| a.to_string()));
     if debug {
         args.push("--debug".into());
@@ -164,14 +166,12 @@ fn resources(spec: &Spec, plan: &Plan, kvm: (i64, i64)) -> Result<LinuxResources
 /// The jail's spec.
 pub fn spec(inputs: &JailInputs<'_>) -> Result<Spec, VmError> {
     let plan = inputs.plan;
-    let twinbox =
-        std::env::current_exe().map_err(VmError::io("finding", Path::new("/proc/self/exe")))?;
     let mut mounts: Vec<Mount> = defaults::mounts()
         .map_err(build_error)?
         .into_iter()
         .filter(|m| ["/proc", "/dev", "/dev/pts"].contains(&m.destination().to_str().unwrap_or("")))
         .collect();
-    mounts.push(bind(paths::TWINBOX, &twinbox, true)?);
+    mounts.push(bind(paths::VMM, inputs.vmm, true)?);
     mounts.push(bind(paths::KERNEL, inputs.kernel, true)?);
     mounts.push(bind(paths::INITRAMFS, inputs.initramfs, true)?);
     for (index, disk) in plan.disks.iter().enumerate() {
@@ -213,7 +213,7 @@ pub fn spec(inputs: &JailInputs<'_>) -> Result<Spec, VmError> {
                 .build()
                 .map_err(build_error)?,
         )
-        .args(twinbox_command(
+        .args(vmm_command(
             inputs.debug,
             &[
                 "init",
@@ -346,6 +346,7 @@ mod tests {
         let user = user_spec();
         let jail = spec(&JailInputs {
             plan: &plan,
+            vmm: Path::new("/usr/lib/twinbox/twinbox-vmm"),
             kernel: Path::new("/k/vmlinux"),
             initramfs: Path::new("/c/init.cpio"),
             state_dir: Path::new("/run/twinbox/c1"),
@@ -382,12 +383,16 @@ mod tests {
             find("/vm").source().as_deref(),
             Some(Path::new("/run/twinbox/c1/vm"))
         );
+        assert_eq!(
+            find("/twinbox-vmm").source().as_deref(),
+            Some(Path::new("/usr/lib/twinbox/twinbox-vmm"))
+        );
         assert!(!mounts.iter().any(|m| m.destination() == Path::new("/sys")));
         assert!(jail.root().as_ref().unwrap().readonly().unwrap());
         let process = jail.process().as_ref().unwrap();
         assert_eq!(
-            process.args().as_ref().unwrap()[..4],
-            ["/twinbox", "__vm", "init", "/vm/init.json"]
+            process.args().as_ref().unwrap()[..3],
+            ["/twinbox-vmm", "init", "/vm/init.json"]
         );
         assert!(
             process
@@ -427,6 +432,7 @@ mod tests {
         let user = user_spec();
         let jail = spec(&JailInputs {
             plan: &plan,
+            vmm: Path::new("/v"),
             kernel: Path::new("/k"),
             initramfs: Path::new("/i"),
             state_dir: Path::new("/s"),
