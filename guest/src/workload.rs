@@ -178,6 +178,14 @@ fn create(request: &CreateRequest) -> Result<Workload, AgentError> {
     }
     rootfs::create_cwd(&request.spec, &root)?;
     let spec = rootfs::guest_spec(request.spec.clone(), &root)?;
+    if let (Some(program), Some(profile)) = (
+        &request.seccomp_program,
+        spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()),
+    ) && let Err(error) = twinbox_sandbox::seccomp::provide_program(profile, program.clone())
+    {
+        // Compiling it here instead is slower, not wrong.
+        eprintln!("twinbox-agent: the host's seccomp program: {error}");
+    }
     let cgroup = workload_cgroup()?;
     cgroup
         .create()

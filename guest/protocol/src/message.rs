@@ -158,6 +158,10 @@ pub struct CreateRequest {
     /// [`Message::Start`] (`run` = create + start: saves a round trip to the host).
     #[serde(default)]
     pub start: bool,
+    /// The workload's seccomp profile compiled to BPF by the host (struct sock_filter
+    /// records): the agent loads it instead of compiling the profile itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seccomp_program: Option<Vec<u8>>,
 }
 
 /// The workload's root filesystem: a read-only image disk under a writable layer.

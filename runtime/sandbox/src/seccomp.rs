@@ -139,6 +139,51 @@ pub fn set_cache_dir(dir: Option<PathBuf>) {
     *CACHE_DIR.lock().unwrap_or_else(|e| e.into_inner()) = dir;
 }
 
+/// Programs compiled elsewhere, by profile (see [`provide_program`]).
+static PROVIDED: Mutex<Vec<(LinuxSeccomp, Vec<u8>)>> = Mutex::new(Vec::new());
+
+/// Uses `program` (as [`program_bytes`] made it) for `profile` from now on instead of
+/// compiling the profile here: a VM's host compiles its workload's profile once (with its
+/// cache) and the guest agent, which has no cache and runs libseccomp's compile at emulated
+/// speed under nested virtualization, only loads it. The program must come from a trusted
+/// source; a malformed one is refused.
+pub fn provide_program(profile: &LinuxSeccomp, program: Vec<u8>) -> Result<(), SeccompError> {
+    if !well_formed(&program) {
+        return Err(SeccompError::Invalid(format!(
+            "a compiled program of {} bytes is not a BPF program",
+            program.len()
+        )));
+    }
+    PROVIDED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((profile.clone(), program));
+    Ok(())
+}
+
+/// The BPF program of `profile` as bytes (struct sock_filter in native order): provided,
+/// cached or compiled.
+pub fn program_bytes(profile: &LinuxSeccomp) -> Result<Vec<u8>, SeccompError> {
+    let provided = PROVIDED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .find(|(known, _)| known == profile)
+        .map(|(_, program)| program.clone());
+    if let Some(program) = provided {
+        return Ok(program);
+    }
+    let cache = cache_path(profile);
+    if let Some(bytes) = cache.as_deref().and_then(read_cached) {
+        return Ok(bytes);
+    }
+    let bytes = compile_bpf(profile)?;
+    if let Some(path) = &cache {
+        write_cached(path, &bytes);
+    }
+    Ok(bytes)
+}
+
 /// Longest program the kernel accepts (BPF_MAXINSNS).
 const MAX_INSTRUCTIONS: usize = 4096;
 
@@ -171,13 +216,20 @@ fn cache_path(profile: &LinuxSeccomp) -> Option<PathBuf> {
     Some(dir.join(format!("{key}.bpf")))
 }
 
+/// Whether `bytes` can be a BPF program: whole instructions, at least one, at most
+/// [`MAX_INSTRUCTIONS`].
+fn well_formed(bytes: &[u8]) -> bool {
+    !bytes.is_empty()
+        && bytes
+            .len()
+            .is_multiple_of(std::mem::size_of::<libc::sock_filter>())
+        && bytes.len() <= MAX_INSTRUCTIONS * std::mem::size_of::<libc::sock_filter>()
+}
+
 /// A cached program, if it is there and well-formed.
 fn read_cached(path: &Path) -> Option<Vec<u8>> {
     let bytes = std::fs::read(path).ok()?;
-    let valid = !bytes.is_empty()
-        && bytes.len() % std::mem::size_of::<libc::sock_filter>() == 0
-        && bytes.len() <= MAX_INSTRUCTIONS * std::mem::size_of::<libc::sock_filter>();
-    valid.then_some(bytes)
+    well_formed(&bytes).then_some(bytes)
 }
 
 /// Stores a program (best effort: a failure only costs the next compile).
@@ -256,22 +308,13 @@ fn compile_bpf(profile: &LinuxSeccomp) -> Result<Vec<u8>, SeccompError> {
 }
 
 impl Filter {
-    /// Compiles an OCI seccomp profile (or takes it from the cache, see [`set_cache_dir`]).
+    /// Compiles an OCI seccomp profile (or takes it from [`provide_program`] or the cache,
+    /// see [`set_cache_dir`]).
     /// Syscall names this libseccomp does not know are skipped (as runc does); rules whose
     /// action equals the default are redundant and skipped.
     pub fn compile(profile: &LinuxSeccomp) -> Result<Filter, SeccompError> {
         let flags = filter_flags(profile)?;
-        let cache = cache_path(profile);
-        let bytes = match cache.as_deref().and_then(read_cached) {
-            Some(bytes) => bytes,
-            None => {
-                let bytes = compile_bpf(profile)?;
-                if let Some(path) = &cache {
-                    write_cached(path, &bytes);
-                }
-                bytes
-            }
-        };
+        let bytes = program_bytes(profile)?;
         let program = bytes
             .chunks_exact(8)
             .map(|i| libc::sock_filter {
@@ -415,6 +458,26 @@ mod tests {
         other.set_default_errno_ret(Some(78));
         assert_ne!(cache_path(&other), cache_path(&profile));
         set_cache_dir(None);
+    }
+
+    #[test]
+    fn a_provided_program_is_used_instead_of_compiling() {
+        // A profile of this test only: the others compile PROFILE meanwhile.
+        let mut profile: LinuxSeccomp = serde_json::from_str(PROFILE).unwrap();
+        profile.set_default_errno_ret(Some(79));
+        let compiled = program_bytes(&profile).unwrap();
+        assert!(matches!(
+            provide_program(&profile, b"not bpf".to_vec()),
+            Err(SeccompError::Invalid(_))
+        ));
+        // A different valid program proves that the provided one is what is loaded.
+        let provided = compiled[..compiled.len() - 8].to_vec();
+        provide_program(&profile, provided.clone()).unwrap();
+        assert_eq!(program_bytes(&profile).unwrap(), provided);
+        assert_eq!(Filter::compile(&profile).unwrap().len() * 8, provided.len());
+        let mut other = profile.clone();
+        other.set_default_errno_ret(Some(80));
+        assert_eq!(program_bytes(&other).unwrap().len(), compiled.len());
     }
 
     #[test]

@@ -314,6 +314,7 @@ mod tests {
                 files: Vec::new(),
                 host_time_ns: 0,
                 start: false,
+                seccomp_program: None,
             },
             cmdline: String::new(),
         }
