@@ -85,6 +85,7 @@ fn exec(conn: &mut Conn, request: &ExecRequest) -> Result<(), AgentError> {
     let signals = child_signals()?;
     let terminal = request.process.terminal().unwrap_or(false);
     let mut stdio = Stdio::new(terminal)?;
+    crate::workload::provide_seccomp_program(&record.spec, record.seccomp_program.as_deref());
     let seccomp = record
         .spec
         .linux()

@@ -31,6 +31,21 @@ pub struct WorkloadRecord {
     pub pid: i32,
     /// The spec as the guest applies it.
     pub spec: Spec,
+    /// Its seccomp profile compiled by the host, for exec'd processes too.
+    #[serde(default)]
+    pub seccomp_program: Option<Vec<u8>>,
+}
+
+/// Hands the host's compiled seccomp program for `spec`'s profile to the container setup, so
+/// that neither the workload nor an exec'd process compiles the profile in the guest.
+pub fn provide_seccomp_program(spec: &Spec, program: Option<&[u8]>) {
+    let profile = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
+    if let (Some(program), Some(profile)) = (program, profile)
+        && let Err(error) = twinbox_sandbox::seccomp::provide_program(profile, program.to_vec())
+    {
+        // Compiling it here instead is slower, not wrong.
+        eprintln!("twinbox-agent: the host's seccomp program: {error}");
+    }
 }
 
 /// Where [`WorkloadRecord`] is kept.
@@ -178,14 +193,7 @@ fn create(request: &CreateRequest) -> Result<Workload, AgentError> {
     }
     rootfs::create_cwd(&request.spec, &root)?;
     let spec = rootfs::guest_spec(request.spec.clone(), &root)?;
-    if let (Some(program), Some(profile)) = (
-        &request.seccomp_program,
-        spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()),
-    ) && let Err(error) = twinbox_sandbox::seccomp::provide_program(profile, program.clone())
-    {
-        // Compiling it here instead is slower, not wrong.
-        eprintln!("twinbox-agent: the host's seccomp program: {error}");
-    }
+    provide_seccomp_program(&spec, request.seccomp_program.as_deref());
     let cgroup = workload_cgroup()?;
     cgroup
         .create()
@@ -232,7 +240,11 @@ fn create(request: &CreateRequest) -> Result<Workload, AgentError> {
     .map_err(launch_error)?;
     let pid = spawn_init(setup, Some(&cgroup), &mut NoHooks).map_err(launch_error)?;
     let (relay, master) = stdio.into_relay()?;
-    let record = WorkloadRecord { pid, spec };
+    let record = WorkloadRecord {
+        pid,
+        spec,
+        seccomp_program: request.seccomp_program.clone(),
+    };
     let text = serde_json::to_vec(&record).map_err(failed("recording the workload"))?;
     std::fs::write(record_path(), text).map_err(failed("recording the workload"))?;
     Ok(Workload {

@@ -560,16 +560,20 @@ fn vm_mode_in_the_emulated_host_reports_both_modes_with_the_note() {
         p50s[0] > 0.0 && p50s[0] < p50s[1] && p50s[1] < p50s[2],
         "{vm_phases:?}"
     );
-    let vm_density_start = report
-        .density
-        .iter()
-        .find(|d| d.column == "vm")
-        .unwrap()
-        .points[0]
-        .start_latency
-        .as_ref()
-        .unwrap()
-        .p50_ms;
+    // p50 start latency of a column's first density step (created + started sandboxes).
+    let density_start = |column: &str| {
+        report
+            .density
+            .iter()
+            .find(|d| d.column == column)
+            .unwrap()
+            .points[0]
+            .start_latency
+            .as_ref()
+            .unwrap()
+            .p50_ms
+    };
+    let vm_density_start = density_start("vm");
     assert!(
         p50s[2] <= vm_density_start,
         "{vm_phases:?} vs {vm_density_start}"
@@ -619,16 +623,7 @@ fn vm_mode_in_the_emulated_host_reports_both_modes_with_the_note() {
         [Phase::VmmStart, Phase::KernelBoot],
         "{qemu_times:?}"
     );
-    let qemu_density_start = report
-        .density
-        .iter()
-        .find(|d| d.column == "qemu-microvm")
-        .unwrap()
-        .points[0]
-        .start_latency
-        .as_ref()
-        .unwrap()
-        .p50_ms;
+    let qemu_density_start = density_start("qemu-microvm");
     assert!(
         0.0 < qemu_phases[0].1
             && qemu_phases[0].1 < qemu_phases[1].1
