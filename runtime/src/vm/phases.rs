@@ -31,7 +31,8 @@ pub enum Milestone {
     KernelBooted,
     /// The agent connected and the protocol handshake completed.
     AgentReady,
-    /// The agent created the workload (it waits for `start`).
+    /// The agent created the workload (it waits for `start`, unless `run` started it with
+    /// its creation).
     WorkloadCreated,
 }
 
