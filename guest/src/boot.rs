@@ -1,11 +1,8 @@
-//! Early boot of the guest: the boot-timer signal, leaving the initramfs for a tmpfs root
-//! (`pivot_root`, which the workload's setup uses, does not work from the initramfs itself),
-//! the API filesystems, and powering off.
-
-use std::path::Path;
+//! Early boot of the guest: the boot-timer signal, the API filesystems, and powering off.
+//! The guest's root is the agent disk, read-only (its mount points are on it); the kernel
+//! has mounted devtmpfs on /dev, so /dev/mem is there before the first mount.
 
 use nix::mount::{MsFlags, mount};
-use nix::sys::stat::Mode;
 
 /// The boot timer's MMIO address in twinbox's VMM (Firecracker's protocol).
 const BOOT_TIMER_ADDRESS: libc::off_t = 0xd000_0000;
@@ -57,49 +54,6 @@ pub fn signal_boot_timer() {
         }
         std::ptr::write_volatile(page.cast::<u8>(), BOOT_TIMER_MAGIC);
         libc::munmap(page, 4096);
-    }
-}
-
-/// Moves the root from the initramfs to a fresh tmpfs and frees the initramfs's files (the
-/// running agent stays mapped).
-pub fn leave_initramfs() -> Result<(), BootError> {
-    let new_root = Path::new("/newroot");
-    nix::unistd::mkdir(new_root, Mode::from_bits_truncate(0o755))
-        .or_else(|e| {
-            if e == nix::Error::EEXIST {
-                Ok(())
-            } else {
-                Err(e)
-            }
-        })
-        .map_err(step("creating /newroot"))?;
-    mount(
-        Some("rootfs"),
-        new_root,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID,
-        Some("mode=0755"),
-    )
-    .map_err(step("mounting the tmpfs root"))?;
-    for entry in std::fs::read_dir("/").into_iter().flatten().flatten() {
-        if entry.file_name() != "newroot" {
-            let _ = remove_tree(&entry.path());
-        }
-    }
-    nix::unistd::chdir(new_root).map_err(step("entering the new root"))?;
-    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
-        .map_err(step("moving the new root over /"))?;
-    nix::unistd::chroot(".").map_err(step("chroot into the new root"))?;
-    nix::unistd::chdir("/").map_err(step("entering /"))?;
-    Ok(())
-}
-
-fn remove_tree(path: &Path) -> std::io::Result<()> {
-    let meta = std::fs::symlink_metadata(path)?;
-    if meta.is_dir() {
-        std::fs::remove_dir_all(path)
-    } else {
-        std::fs::remove_file(path)
     }
 }
 
@@ -159,8 +113,19 @@ pub fn mount_api_filesystems() -> Result<(), BootError> {
                 e.raw_os_error().unwrap_or(libc::EIO),
             ))
         })?;
-        mount(Some(source), target, Some(fstype), flags, Some(data))
-            .map_err(step(format!("mounting {fstype} on {target}")))?;
+        match mount(Some(source), target, Some(fstype), flags, Some(data)) {
+            // The kernel mounted devtmpfs on /dev already (CONFIG_DEVTMPFS_MOUNT): only
+            // its flags change.
+            Err(nix::Error::EBUSY) if fstype == "devtmpfs" => mount(
+                None::<&str>,
+                target,
+                None::<&str>,
+                MsFlags::MS_REMOUNT | MsFlags::MS_BIND | flags,
+                None::<&str>,
+            ),
+            other => other,
+        }
+        .map_err(step(format!("mounting {fstype} on {target}")))?;
     }
     Ok(())
 }

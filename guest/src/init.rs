@@ -64,8 +64,8 @@ fn fork_session(conn: File, closing: &[&dyn AsRawFd], serve: fn(File) -> i32) ->
 /// PID 1's whole life.
 pub fn run() -> ! {
     boot::signal_boot_timer();
-    // Reach the host first: its hello and create request travel while the root is switched
-    // and the API filesystems are mounted.
+    // Reach the host first: its hello and create request travel while the API filesystems
+    // are mounted.
     let listener = vsock_listen(AGENT_PORT)
         .unwrap_or_else(|e| fatal(&format!("cannot listen on vsock port {AGENT_PORT}: {e}")));
     let main = connect_host().unwrap_or_else(|e| {
@@ -73,7 +73,7 @@ pub fn run() -> ! {
             "cannot reach the host on vsock port {HOST_PORT}: {e} (does the VM have a vsock device?)"
         ))
     });
-    if let Err(error) = boot::leave_initramfs().and_then(|()| boot::mount_api_filesystems()) {
+    if let Err(error) = boot::mount_api_filesystems() {
         fatal(&format!("early boot failed: {error}"));
     }
     let _ = nix::unistd::sethostname("twinbox");

@@ -1,7 +1,8 @@
 //! twinbox's guest agent: PID 1 inside the microVM.
 //!
-//! It signals the VMM's boot timer, leaves the initramfs for a tmpfs root, mounts the API
-//! filesystems, and connects to the host over vsock (the main session, see docs/protocol.md).
+//! It runs from the agent disk, the guest's read-only root. It signals the VMM's boot timer,
+//! connects to the host over vsock (the main session, see docs/protocol.md) and mounts the
+//! API filesystems.
 //! On the host's request it assembles the workload's root filesystem (the image disk
 //! read-only under an overlayfs with a tmpfs or disk upper layer), mounts volume disks, and
 //! creates the workload with twinbox's own container setup (`twinbox-sandbox`: namespaces,
@@ -23,7 +24,7 @@ fn main() {
     if std::process::id() != 1 {
         eprintln!(
             "twinbox-agent is the init of twinbox's microVMs and runs only as PID 1 there; \
-             twinbox puts it into the VM's initramfs (run containers with `twinbox run \
+             twinbox boots it from the VM's agent disk (run containers with `twinbox run \
              --isolation vm` or the `twinbox-vm` runtime)"
         );
         std::process::exit(2);

@@ -19,7 +19,7 @@ pub mod vsock_echo;
 
 pub use guest_kernel::{GuestKernel, guest_kernel};
 pub use kvm_host::kvm_host;
-/// The initramfs writer (twinbox's own, which builds the guest agent's initramfs).
+/// The initramfs writer (twinbox's own, which builds the QEMU peer's initramfs).
 pub use twinbox::vm::cpio;
 
 use std::path::{Path, PathBuf};

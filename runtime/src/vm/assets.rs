@@ -1,16 +1,14 @@
-//! What every VM boots: the guest kernel and the initramfs holding the guest agent, found
+//! What every VM boots: the guest kernel and the guest agent, found
 //! from the container's annotations, the config file, the build tree or the install paths;
 //! and the host checks that tell a user plainly why VMs cannot run here.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use sha2::Digest as _;
 
 use super::VmError;
-use super::cpio::CpioWriter;
 use crate::config::VmSettings;
 
 /// Annotation naming the guest kernel for one container (`--kernel` sets it).
@@ -175,30 +173,6 @@ pub fn write_atomic_with(
     result
 }
 
-/// The initramfs that boots the agent as the guest's init, cached in `cache` by the agent
-/// binary's identity.
-pub fn initramfs(cache: &Path, agent: &Path) -> Result<PathBuf, VmError> {
-    let key = file_key(agent).map_err(VmError::io("reading", agent))?;
-    let path = cache.join("initramfs").join(format!("{key}.cpio"));
-    if path.is_file() {
-        return Ok(path);
-    }
-    write_atomic_with(&path, |tmp| {
-        let file = std::fs::File::create(tmp).map_err(VmError::io("creating", tmp))?;
-        let mut cpio = CpioWriter::new(std::io::BufWriter::new(file));
-        let built = (|| {
-            cpio.char_device("/dev/console", 0o600, 5, 1)?;
-            // The agent's first act is the boot-timer write through /dev/mem.
-            cpio.char_device("/dev/mem", 0o600, 1, 1)?;
-            cpio.host_file("/init", agent)?;
-            cpio.finish()?.flush()?;
-            Ok::<(), super::cpio::CpioError>(())
-        })();
-        built.map_err(|e| VmError::Agent(format!("building the initramfs {}: {e}", tmp.display())))
-    })?;
-    Ok(path)
-}
-
 /// Checks that this host can run the guest kernel: a usable /dev/kvm, and on PVM hosts a
 /// kernel with PVM guest support.
 pub fn check_host(kernel: &Path) -> Result<(), VmError> {
@@ -230,28 +204,5 @@ mod tests {
             error.contains("configured") && error.contains("does not exist"),
             "{error}"
         );
-    }
-
-    #[test]
-    fn initramfs_is_built_once_per_agent_version() {
-        let dir = tempfile::tempdir().unwrap();
-        let agent = dir.path().join("agent");
-        std::fs::write(&agent, b"#!agent v1").unwrap();
-        let cache = dir.path().join("cache");
-        let first = initramfs(&cache, &agent).unwrap();
-        let again = initramfs(&cache, &agent).unwrap();
-        assert_eq!(first, again);
-        let listing = std::process::Command::new("cpio")
-            .args(["-t", "--quiet"])
-            .stdin(std::fs::File::open(&first).unwrap())
-            .output()
-            .unwrap();
-        let names = String::from_utf8_lossy(&listing.stdout);
-        for name in ["init", "dev/console", "dev/mem"] {
-            assert!(names.lines().any(|l| l == name), "{name} in {names}");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-        std::fs::write(&agent, b"#!agent v2").unwrap();
-        assert_ne!(initramfs(&cache, &agent).unwrap(), first);
     }
 }

@@ -60,7 +60,8 @@ pub fn explain(waiting_for: &str, ending: &Ending, console: &Path) -> String {
             if why.contains("No working init") || why.contains("VFS: Unable to mount root") =>
         {
             format!(
-                "the guest kernel found no init (is the initramfs twinbox's, with twinbox-agent?): {why}"
+                "the guest kernel could not start the agent from its disk (the kernel needs \
+                 virtio-blk and erofs built in, as twinbox's `make kernel` has them): {why}"
             )
         }
         (Some(why), _) => {

@@ -62,6 +62,12 @@ fn mkfs_erofs(source: &Path, target: &Path) -> Result<(), VmError> {
     )
 }
 
+/// Where the agent sits on its disk (the kernel's `init=`).
+pub const AGENT_INIT: &str = "/init";
+/// The empty directories the agent mounts its API filesystems and tmpfs on: the agent
+/// disk is the guest's read-only root, so they must exist on it.
+const AGENT_MOUNT_POINTS: [&str; 5] = ["dev", "proc", "sys", "run", "tmp"];
+
 /// The cache of root filesystem images under `<store root>/vm`.
 #[derive(Debug, Clone)]
 pub struct DiskCache {
@@ -112,6 +118,50 @@ impl DiskCache {
         tracing::debug!(rootfs = %rootfs.display(), path = %path.display(), "VM root filesystem image built");
         Ok(path)
     }
+
+    /// The agent disk: a small read-only erofs image holding the guest agent as
+    /// [`AGENT_INIT`], which the guest kernel mounts as its root. Built once per agent
+    /// binary version. Booting from a disk, the guest reads only the agent pages it runs;
+    /// an initramfs was copied into guest RAM whole and unpacked into a second copy.
+    pub fn agent_disk(&self, agent: &Path) -> Result<PathBuf, VmError> {
+        let key = super::assets::file_key(agent).map_err(VmError::io("reading", agent))?;
+        let path = self
+            .root
+            .join("agent")
+            .join(format!("{key}.{ROOTFS_FSTYPE}"));
+        if path.is_file() {
+            return Ok(path);
+        }
+        write_atomic_with(&path, |tmp| {
+            let staging = tmp.with_extension("staging");
+            let result = stage_agent(agent, &staging).and_then(|()| {
+                run_tool(
+                    Command::new("mkfs.erofs")
+                        .args(["--quiet", "--all-root"])
+                        .arg(tmp)
+                        .arg(&staging),
+                    "erofs-utils",
+                )
+            });
+            let _ = std::fs::remove_dir_all(&staging);
+            result
+        })?;
+        tracing::debug!(agent = %agent.display(), path = %path.display(), "VM agent disk built");
+        Ok(path)
+    }
+}
+
+/// Lays out the agent disk's tree in `staging`: the agent and its mount points.
+fn stage_agent(agent: &Path, staging: &Path) -> Result<(), VmError> {
+    use std::os::unix::fs::PermissionsExt;
+    for dir in AGENT_MOUNT_POINTS {
+        let path = staging.join(dir);
+        std::fs::create_dir_all(&path).map_err(VmError::io("creating", &path))?;
+    }
+    let init = staging.join(AGENT_INIT.trim_start_matches('/'));
+    std::fs::copy(agent, &init).map_err(VmError::io("copying the guest agent to", &init))?;
+    std::fs::set_permissions(&init, std::fs::Permissions::from_mode(0o755))
+        .map_err(VmError::io("setting the mode of", &init))
 }
 
 /// Merges `layers` (bottom first, overlayfs form) with a read-only overlay mount in
@@ -283,6 +333,42 @@ mod tests {
         // The image is erofs holding the file.
         let magic = std::fs::read(&first).unwrap();
         assert_eq!(&magic[1024..1028], &0xE0F5_E1E2u32.to_le_bytes());
+    }
+
+    #[test]
+    fn the_agent_disk_holds_the_agent_as_init_and_is_built_once_per_version() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let agent = dir.path().join("twinbox-agent");
+        std::fs::write(&agent, "agent v1").unwrap();
+        let cache = DiskCache::new(dir.path().join("cache"));
+        let first = cache.agent_disk(&agent).unwrap();
+        assert_eq!(cache.agent_disk(&agent).unwrap(), first);
+        let extracted = dir.path().join("extracted");
+        let status = Command::new("fsck.erofs")
+            .arg(format!("--extract={}", extracted.display()))
+            .arg("--preserve-perms")
+            .arg(&first)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let init = extracted.join("init");
+        assert_eq!(std::fs::read_to_string(&init).unwrap(), "agent v1");
+        assert_eq!(
+            std::fs::metadata(&init).unwrap().permissions().mode() & 0o777,
+            0o755
+        );
+        for mount_point in AGENT_MOUNT_POINTS {
+            assert!(extracted.join(mount_point).is_dir(), "{mount_point}");
+        }
+        let leftovers: Vec<_> = std::fs::read_dir(first.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(leftovers.len(), 1, "no staging left: {leftovers:?}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        std::fs::write(&agent, "agent v2").unwrap();
+        assert_ne!(cache.agent_disk(&agent).unwrap(), first);
     }
 
     #[test]

@@ -52,8 +52,6 @@ const START_GRACE: Duration = Duration::from_secs(10);
 pub struct InitConfig {
     /// Guest kernel.
     pub kernel: PathBuf,
-    /// Initramfs with the agent.
-    pub initramfs: PathBuf,
     /// Guest kernel command line.
     pub cmdline: String,
     /// Guest RAM in bytes.
@@ -98,7 +96,6 @@ struct RunningVm {
 impl RunningVm {
     fn start(config: &InitConfig, vm_dir: &Path) -> Result<Self, String> {
         let mut vm = vmm::VmConfig::new(&config.kernel);
-        vm.initrd = Some(config.initramfs.clone());
         vm.cmdline = config.cmdline.clone();
         vm.mem_size = config.memory;
         vm.vcpus = config.vcpus;

@@ -1,7 +1,7 @@
 //! The VMM's jail: an OCI spec that the container setup (`twinbox-sandbox`) runs like any
 //! container, so the VMM gets the container backend's own isolation. New mount, pid, network,
 //! ipc and uts namespaces; a read-only root holding only what the VMM needs (/dev/kvm, the
-//! kernel, the initramfs, the disk images, its state directory, the volume directories it
+//! kernel, the disk images (the agent disk among them), its state directory, the volume directories it
 //! writes changes back to, the exec fifo and the twinbox binary itself); no capabilities
 //! (except those that writing volume changes needs, when there are such volumes); no new
 //! privileges; Docker's seccomp profile for the whole process, and the VMM's own stricter
@@ -30,8 +30,6 @@ pub mod paths {
     pub const VMM: &str = "/twinbox-vmm";
     /// The guest kernel.
     pub const KERNEL: &str = "/kernel";
-    /// The initramfs with the agent.
-    pub const INITRAMFS: &str = "/initramfs";
     /// The VM's state directory (the host's `<container state>/vm`).
     pub const VM_DIR: &str = "/vm";
     /// The exec fifo that `start` opens.
@@ -59,8 +57,6 @@ pub struct JailInputs<'a> {
     pub vmm: &'a Path,
     /// The guest kernel.
     pub kernel: &'a Path,
-    /// The initramfs.
-    pub initramfs: &'a Path,
     /// The container's state directory (holds the exec fifo).
     pub state_dir: &'a Path,
     /// The user's spec (terminal, limits, oom score).
@@ -173,7 +169,6 @@ pub fn spec(inputs: &JailInputs<'_>) -> Result<Spec, VmError> {
         .collect();
     mounts.push(bind(paths::VMM, inputs.vmm, true)?);
     mounts.push(bind(paths::KERNEL, inputs.kernel, true)?);
-    mounts.push(bind(paths::INITRAMFS, inputs.initramfs, true)?);
     for (index, disk) in plan.disks.iter().enumerate() {
         mounts.push(bind(&paths::disk(index), &disk.host, disk.read_only)?);
     }
@@ -349,7 +344,6 @@ mod tests {
             plan: &plan,
             vmm: Path::new("/usr/lib/twinbox/twinbox-vmm"),
             kernel: Path::new("/k/vmlinux"),
-            initramfs: Path::new("/c/init.cpio"),
             state_dir: Path::new("/run/twinbox/c1"),
             spec: &user,
             debug: false,
@@ -435,7 +429,6 @@ mod tests {
             plan: &plan,
             vmm: Path::new("/v"),
             kernel: Path::new("/k"),
-            initramfs: Path::new("/i"),
             state_dir: Path::new("/s"),
             spec: &user,
             debug: false,

@@ -239,7 +239,7 @@ impl VmBackend {
             .unwrap_or_else(default_store_root);
         let cache = disk::DiskCache::new(store_root.join("vm"));
         create_private_dir(cache.root())?;
-        let initramfs = assets::initramfs(cache.root(), &agent)?;
+        let agent_disk = cache.agent_disk(&agent)?;
         let rootfs_image = match annotations.get(IMAGE_ID_ANNOTATION) {
             Some(id) => {
                 let store = crate::image::ImageStore::open(&store_root)?;
@@ -264,6 +264,7 @@ impl VmBackend {
             request.spec,
             plan::PlanInputs {
                 settings,
+                agent_disk,
                 rootfs_image,
                 scratch: &scratch,
             },
@@ -274,7 +275,6 @@ impl VmBackend {
             .unwrap_or(DEFAULT_BOOT_TIMEOUT);
         let init = init::InitConfig {
             kernel: jail::paths::KERNEL.into(),
-            initramfs: jail::paths::INITRAMFS.into(),
             cmdline: plan.cmdline.clone(),
             memory: plan.memory,
             vcpus: plan.vcpus,
@@ -309,7 +309,6 @@ impl VmBackend {
             plan: &plan,
             vmm: &assets::vmm_binary()?,
             kernel: &kernel,
-            initramfs: &initramfs,
             state_dir: request.state_dir,
             spec: request.spec,
             debug: tracing::enabled!(tracing::Level::DEBUG),

@@ -23,9 +23,14 @@ pub const MAX_FILE: u64 = 1 << 20;
 /// Most vCPUs.
 pub const MAX_VCPUS: u8 = 32;
 
-/// The kernel command line (the VMM adds its devices): reset through the i8042 (which ends
-/// the VMM), reboot at once on a panic (the host then reports it), quiet console.
-pub const KERNEL_CMDLINE: &str = "reboot=k panic=-1 pci=off nomodule quiet";
+/// The kernel command line (the VMM adds its devices): the agent disk (`/dev/vda`) as the
+/// read-only root with the agent as init, reset through the i8042 (which ends the VMM),
+/// reboot at once on a panic (the host then reports it), quiet console.
+pub const KERNEL_CMDLINE: &str =
+    "root=/dev/vda rootfstype=erofs ro init=/init reboot=k panic=-1 pci=off nomodule quiet";
+
+/// The root filesystem image's place among the disks (after the agent disk).
+const ROOTFS_DISK: usize = 1;
 
 /// A disk of the VM, in order (`/dev/vda`, `/dev/vdb`, ...).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,7 +48,7 @@ pub struct Plan {
     pub memory: u64,
     /// vCPUs.
     pub vcpus: u8,
-    /// Disks, root filesystem image first.
+    /// Disks: the agent disk, then the root filesystem image, then volumes.
     pub disks: Vec<DiskPlan>,
     /// Host directories that get the changes of read-write volumes: (volume index, dir).
     pub sync_dirs: Vec<(u32, PathBuf)>,
@@ -58,6 +63,8 @@ pub struct Plan {
 pub struct PlanInputs<'a> {
     /// The config file's `[vm]` section.
     pub settings: &'a VmSettings,
+    /// The agent disk, the guest's root (see [`disk::DiskCache::agent_disk`]).
+    pub agent_disk: PathBuf,
     /// The root filesystem image.
     pub rootfs_image: PathBuf,
     /// A directory for this VM's own disks (volumes, writable layer).
@@ -284,10 +291,16 @@ pub fn build(spec: &Spec, inputs: PlanInputs<'_>) -> Result<Plan, VmError> {
     std::fs::create_dir_all(inputs.scratch).map_err(VmError::io("creating", inputs.scratch))?;
     let mut planner = MountPlanner {
         scratch: inputs.scratch,
-        disks: vec![DiskPlan {
-            host: inputs.rootfs_image,
-            read_only: true,
-        }],
+        disks: vec![
+            DiskPlan {
+                host: inputs.agent_disk,
+                read_only: true,
+            },
+            DiskPlan {
+                host: inputs.rootfs_image,
+                read_only: true,
+            },
+        ],
         volumes: Vec::new(),
         sync_dirs: Vec::new(),
         files: Vec::new(),
@@ -343,7 +356,7 @@ pub fn build(spec: &Spec, inputs: PlanInputs<'_>) -> Result<Plan, VmError> {
         request: CreateRequest {
             spec: guest,
             rootfs: RootfsSetup {
-                device: disk_device(0),
+                device: disk_device(ROOTFS_DISK),
                 fstype: ROOTFS_FSTYPE.into(),
                 writable,
             },
@@ -495,15 +508,20 @@ mod tests {
             &spec,
             PlanInputs {
                 settings: &VmSettings::default(),
+                agent_disk: dir.path().join("agent.erofs"),
                 rootfs_image: dir.path().join("rootfs.erofs"),
                 scratch: &scratch,
             },
         )
         .unwrap();
-        assert_eq!(plan.disks.len(), 3);
-        assert!(plan.disks[0].read_only);
-        assert!(!plan.disks[1].read_only && plan.disks[2].read_only);
-        assert_eq!(plan.request.volumes[0].device, "/dev/vdb");
+        assert_eq!(plan.disks.len(), 4);
+        assert_eq!(plan.disks[0].host, dir.path().join("agent.erofs"));
+        assert_eq!(plan.disks[1].host, dir.path().join("rootfs.erofs"));
+        assert!(plan.disks[0].read_only && plan.disks[1].read_only);
+        assert!(!plan.disks[2].read_only && plan.disks[3].read_only);
+        assert!(plan.cmdline.starts_with("root=/dev/vda "));
+        assert_eq!(plan.request.rootfs.device, "/dev/vdb");
+        assert_eq!(plan.request.volumes[0].device, "/dev/vdc");
         assert!(plan.request.volumes[0].sync_back && !plan.request.volumes[1].sync_back);
         assert_eq!(plan.sync_dirs, [(0, data.clone())]);
         assert_eq!(
@@ -559,6 +577,7 @@ mod tests {
         let settings = VmSettings::default();
         let inputs = || PlanInputs {
             settings: &settings,
+            agent_disk: dir.path().join("agent.erofs"),
             rootfs_image: dir.path().join("rootfs.erofs"),
             scratch: dir.path(),
         };
