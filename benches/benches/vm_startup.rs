@@ -8,7 +8,9 @@
 //!   erofs disk that the init script mounts and runs the workload from;
 //! - **bare kernel**: `twinbox vm boot` of the same kernel with an init that only writes the
 //!   boot-timer port: the kernel-to-init floor (target: VM mode's time to workload start
-//!   within 1.2x of it).
+//!   within 1.2x of it);
+//! - **twinbox vm exec / twinbox container exec**: `exec ID echo started` into a running
+//!   sandbox of each kind (the path of a platform that keeps sandboxes warm).
 //!
 //! Every VM has the same guest RAM (128 MiB). Time to workload start is spawn to the
 //! workload's first line of stdout (`echo started`),
@@ -54,6 +56,22 @@ fn twinbox_vm(run: usize) -> Command {
 fn twinbox_container(run: usize) -> Command {
     let mut command = Command::new("twinbox");
     command.args(["run", "--bundle", "/b/echo", &format!("bench-ct-{run}")]);
+    command
+}
+
+/// The running sandboxes that the exec peers enter.
+const EXEC_VM: &str = "bench-exec-vm";
+const EXEC_CONTAINER: &str = "bench-exec-ct";
+
+fn twinbox_vm_exec(_run: usize) -> Command {
+    let mut command = Command::new("twinbox-vm");
+    command.args(["exec", EXEC_VM, "echo", STARTED]);
+    command
+}
+
+fn twinbox_container_exec(_run: usize) -> Command {
+    let mut command = Command::new("twinbox");
+    command.args(["exec", EXEC_CONTAINER, "echo", STARTED]);
     command
 }
 
@@ -192,22 +210,32 @@ fn state_pid(runtime: &str, id: &str) -> u32 {
     state["pid"].as_u64().expect("a pid in the state") as u32
 }
 
-/// Host memory of an idle sandbox of `runtime` running the `sleep` bundle (KiB).
-fn runtime_idle_pss(runtime: &str, id: &str) -> u64 {
+/// Starts an idle sandbox `id` of `runtime` running the `sleep` bundle.
+fn start_idle(runtime: &str, id: &str) {
     let status = Command::new(runtime)
         .args(["run", "-d", "--bundle", "/b/sleep", id])
         .stdout(Stdio::null())
         .status()
         .unwrap();
     assert!(status.success(), "{runtime} run -d failed");
-    // Let the guest settle (the workload is already running when run -d returns).
-    std::thread::sleep(Duration::from_secs(3));
-    let pss = tree_pss_kib(state_pid(runtime, id));
+}
+
+/// Deletes sandbox `id` of `runtime`.
+fn delete(runtime: &str, id: &str) {
     let deleted = Command::new(runtime)
         .args(["delete", "--force", id])
         .status()
         .unwrap();
     assert!(deleted.success(), "{runtime} delete --force {id}");
+}
+
+/// Host memory of an idle sandbox of `runtime` running the `sleep` bundle (KiB).
+fn runtime_idle_pss(runtime: &str, id: &str) -> u64 {
+    start_idle(runtime, id);
+    // Let the guest settle (the workload is already running when run -d returns).
+    std::thread::sleep(Duration::from_secs(3));
+    let pss = tree_pss_kib(state_pid(runtime, id));
+    delete(runtime, id);
     pss
 }
 
@@ -261,12 +289,26 @@ fn measure_in_l1(runs: usize) {
             boot_timer: true,
         },
     ];
+    let exec_peers = [
+        Peer {
+            name: "twinbox_vm_exec",
+            command: twinbox_vm_exec,
+            boot_timer: false,
+        },
+        Peer {
+            name: "twinbox_container_exec",
+            command: twinbox_container_exec,
+            boot_timer: false,
+        },
+    ];
+    start_idle("twinbox-vm", EXEC_VM);
+    start_idle("twinbox", EXEC_CONTAINER);
     // One unmeasured run each warms the page cache and twinbox's disk image cache.
-    for peer in &peers {
+    for peer in peers.iter().chain(&exec_peers) {
         time_once(peer, runs);
     }
     for run in 0..runs {
-        for peer in &peers {
+        for peer in peers.iter().chain(&exec_peers) {
             let (started, exited) = time_once(peer, run);
             println!(
                 "{}={:.3},{:.3}",
@@ -276,6 +318,8 @@ fn measure_in_l1(runs: usize) {
             );
         }
     }
+    delete("twinbox-vm", EXEC_VM);
+    delete("twinbox", EXEC_CONTAINER);
     println!(
         "pss_twinbox_vm={}",
         runtime_idle_pss("twinbox-vm", "bench-mem-vm")
@@ -394,10 +438,12 @@ fn main() {
         "twinbox_container",
         "qemu_microvm",
         "bare_kernel",
+        "twinbox_vm_exec",
+        "twinbox_container_exec",
     ] {
         let (start, exit) = samples(name);
         let (start, exit) = (median(&start), median(&exit));
-        let memory = if name == "bare_kernel" {
+        let memory = if name == "bare_kernel" || name.ends_with("_exec") {
             "-".to_string()
         } else {
             format!("{:.1}", pss(name) as f64 / 1024.0)
