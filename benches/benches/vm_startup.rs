@@ -4,6 +4,9 @@
 //!
 //! - **twinbox vm**: `twinbox-vm run --bundle B` (the runtime CLI selecting microVMs);
 //! - **twinbox container**: `twinbox run --bundle B`, the same bundle in a container;
+//! - **twinbox vm image / twinbox container image**: `twinbox run --rm [--isolation vm] IMAGE`
+//!   of the bundle's rootfs imported as an image (the docker-style path, as the issue names
+//!   it);
 //! - **qemu microvm**: QEMU booting the same kernel, with the bundle's rootfs as a read-only
 //!   erofs disk that the init script mounts and runs the workload from;
 //! - **bare kernel**: `twinbox vm boot` of the same kernel with an init that only writes the
@@ -56,6 +59,23 @@ fn twinbox_vm(run: usize) -> Command {
 fn twinbox_container(run: usize) -> Command {
     let mut command = Command::new("twinbox");
     command.args(["run", "--bundle", "/b/echo", &format!("bench-ct-{run}")]);
+    command
+}
+
+/// The image the docker-style peers run: the bundle's rootfs, imported in L1.
+const IMAGE: &str = "localhost/bench-busybox";
+
+/// `twinbox run --rm --isolation vm IMAGE`: the command the issue's target names.
+fn twinbox_vm_image(_run: usize) -> Command {
+    let mut command = Command::new("twinbox");
+    command.args(["run", "--rm", "--isolation", "vm", "--memory"]);
+    command.args([&format!("{GUEST_MIB}m"), IMAGE, "echo", STARTED]);
+    command
+}
+
+fn twinbox_container_image(_run: usize) -> Command {
+    let mut command = Command::new("twinbox");
+    command.args(["run", "--rm", IMAGE, "echo", STARTED]);
     command
 }
 
@@ -267,10 +287,28 @@ fn measure_in_l1(runs: usize) {
         .status()
         .expect("mkfs.erofs");
     assert!(status.success(), "mkfs.erofs of the rootfs");
+    let imported = Command::new("sh")
+        .args([
+            "-c",
+            &format!("tar -C /b/rootfs -cf /tmp/image.tar . && twinbox import /tmp/image.tar {IMAGE} >/dev/null"),
+        ])
+        .status()
+        .expect("twinbox import");
+    assert!(imported.success(), "twinbox import of the rootfs");
     let peers = [
         Peer {
             name: "twinbox_vm",
             command: twinbox_vm,
+            boot_timer: false,
+        },
+        Peer {
+            name: "twinbox_vm_image",
+            command: twinbox_vm_image,
+            boot_timer: false,
+        },
+        Peer {
+            name: "twinbox_container_image",
+            command: twinbox_container_image,
             boot_timer: false,
         },
         Peer {
@@ -435,7 +473,9 @@ fn main() {
     );
     for name in [
         "twinbox_vm",
+        "twinbox_vm_image",
         "twinbox_container",
+        "twinbox_container_image",
         "qemu_microvm",
         "bare_kernel",
         "twinbox_vm_exec",
@@ -443,7 +483,8 @@ fn main() {
     ] {
         let (start, exit) = samples(name);
         let (start, exit) = (median(&start), median(&exit));
-        let memory = if name == "bare_kernel" || name.ends_with("_exec") {
+        let memory = if name == "bare_kernel" || name.ends_with("_exec") || name.ends_with("_image")
+        {
             "-".to_string()
         } else {
             format!("{:.1}", pss(name) as f64 / 1024.0)
@@ -457,8 +498,10 @@ fn main() {
         );
     }
     println!(
-        "twinbox vm time to workload start / bare kernel-to-init: {} (target <= 1.20x)",
-        ratio(vm_start, bare_start)
+        "twinbox vm time to workload start / bare kernel-to-init: {} (target <= 1.20x); \
+         for `run --isolation vm IMAGE`: {}",
+        ratio(vm_start, bare_start),
+        ratio(median(&samples("twinbox_vm_image").0), bare_start)
     );
     println!(
         "twinbox vm idle PSS: {:.1} MiB for a {GUEST_MIB} MiB guest (target <= 40 MiB)",

@@ -12,8 +12,15 @@ const KERNEL_META_PACKAGE: &str = "linux-image-cloud-amd64";
 
 /// Modules L1 loads (after their dependencies): KVM on emulated AMD SVM; vhost-vsock, so that
 /// L2 VMMs such as QEMU can give their guests a vsock device; virtio-blk over PCI for the job's
-/// disks.
-const WANTED_MODULES: [&str; 4] = ["kvm_amd", "vhost_vsock", "virtio_pci", "virtio_blk"];
+/// disks; overlayfs, so that containers get overlay roots there as on any real host (without
+/// it the engine copies the whole image for every container, which skews timings).
+const WANTED_MODULES: [&str; 5] = [
+    "kvm_amd",
+    "vhost_vsock",
+    "virtio_pci",
+    "virtio_blk",
+    "overlay",
+];
 /// Lists `WANTED_MODULES` in a cache directory: a cache made for another list is stale.
 const WANTED_FILE: &str = "modules.wanted";
 
