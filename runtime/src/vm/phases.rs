@@ -21,7 +21,7 @@ pub const ANNOTATION_PREFIX: &str = "io.twinbox.vm.phase.";
 
 /// The milestones of a VM's start, in the order they happen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(into = "&'static str", try_from = "String")]
 pub enum Milestone {
     /// The VM's init (the VMM process) began.
     VmmStarted,
@@ -57,9 +57,28 @@ impl Milestone {
         }
     }
 
+    /// The milestone called `name` (see [`Milestone::name`]).
+    pub fn from_name(name: &str) -> Option<Milestone> {
+        Milestone::ALL.into_iter().find(|m| m.name() == name)
+    }
+
     /// The `twinbox state` annotation key.
     pub fn annotation(self) -> String {
         format!("{ANNOTATION_PREFIX}{}", self.name())
+    }
+}
+
+impl From<Milestone> for &'static str {
+    fn from(milestone: Milestone) -> Self {
+        milestone.name()
+    }
+}
+
+impl TryFrom<String> for Milestone {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Self, String> {
+        Milestone::from_name(&name).ok_or_else(|| format!("unknown VM start milestone {name:?}"))
     }
 }
 
@@ -119,8 +138,7 @@ impl BootPhases {
             let Some(name) = key.strip_prefix(ANNOTATION_PREFIX) else {
                 continue;
             };
-            let milestone = Milestone::ALL.into_iter().find(|m| m.name() == name);
-            if let (Some(milestone), Ok(ns)) = (milestone, value.parse::<u64>()) {
+            if let (Some(milestone), Ok(ns)) = (Milestone::from_name(name), value.parse::<u64>()) {
                 phases.0.insert(milestone, ns);
             }
         }
