@@ -6,7 +6,7 @@
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::runtime::{output_via_files, remove_empty_cgroup_parent};
 
@@ -148,16 +148,19 @@ impl Docker {
 
     /// Polls until container `name` has `state` (running, exited, ...), up to 10 s.
     pub fn wait_state(&self, name: &str, state: &str) -> serde_json::Value {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(c) = self.ps().into_iter().find(|c| c["Names"] == name)
-                && c["State"] == state
-            {
-                return c;
-            }
-            assert!(Instant::now() < deadline, "{name} never became {state}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let mut found = serde_json::Value::Null;
+        crate::wait_until(
+            &format!("{name} never became {state}"),
+            Duration::from_secs(10),
+            || match self.ps().into_iter().find(|c| c["Names"] == name) {
+                Some(c) if c["State"] == state => {
+                    found = c;
+                    true
+                }
+                _ => false,
+            },
+        );
+        found
     }
 
     /// Ids of the containers in the run root.

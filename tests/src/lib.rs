@@ -134,3 +134,15 @@ pub fn busybox_applets() -> std::io::Result<Vec<String>> {
         .map(str::to_string)
         .collect())
 }
+
+/// Polls `ready` every 20 ms until it holds; fails the test with `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: std::time::Duration, mut ready: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !ready() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} (waited {timeout:?})"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

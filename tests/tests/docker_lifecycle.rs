@@ -7,21 +7,19 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use twinbox_tests::docker::{Docker, IMAGE};
+use twinbox_tests::wait_until;
 
 /// Polls `file` until it contains `needle` (up to 10 s).
 fn wait_for_text(file: &Path, needle: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !std::fs::read_to_string(file)
-        .unwrap_or_default()
-        .contains(needle)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "{needle:?} never appeared in {}",
-            file.display()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until(
+        &format!("{needle:?} never appeared in {}", file.display()),
+        Duration::from_secs(10),
+        || {
+            std::fs::read_to_string(file)
+                .unwrap_or_default()
+                .contains(needle)
+        },
+    );
 }
 
 /// The monitor process of container `id` (`twinbox __monitor id=<id> ...`).
@@ -139,11 +137,9 @@ fn detached_run_logs_exec_stop_wait_and_rm() {
         "-c",
         "echo detached-exec > /tmp/marker",
     ]);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while docker.run(["exec", "web", "cat", "/tmp/marker"]).stdout != b"detached-exec\n" {
-        assert!(Instant::now() < deadline, "exec -d never ran");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until("exec -d never ran", Duration::from_secs(5), || {
+        docker.run(["exec", "web", "cat", "/tmp/marker"]).stdout == b"detached-exec\n"
+    });
     // Without -i an exec'd process has an empty stdin, with -i ours.
     let mut child = docker
         .command(["exec", "-i", "web", "cat"])
@@ -250,11 +246,9 @@ fn kill_with_signals_and_runc_forms() {
         .to_string();
     docker.wait_state("target", "running");
     assert_eq!(docker.ok(["kill", "-s", "USR1", "target"]), "target\n");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !docker.ok(["logs", "target"]).contains("got-usr1") {
-        assert!(Instant::now() < deadline, "USR1 never arrived");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until("USR1 never arrived", Duration::from_secs(5), || {
+        docker.ok(["logs", "target"]).contains("got-usr1")
+    });
     // runc's positional form works on the same container (and prints nothing).
     let runc_form = docker.ok(["kill", &id, "USR1"]);
     assert_eq!(runc_form, "");
@@ -303,14 +297,11 @@ fn detached_rm_removes_itself_and_wait_still_reports() {
         .trim()
         .to_string();
     assert_eq!(docker.ok(["wait", &id]), "4\n");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !docker.container_ids().is_empty() || !docker.store_containers().is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "--rm never removed the container"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        "--rm never removed the container",
+        Duration::from_secs(5),
+        || docker.container_ids().is_empty() && docker.store_containers().is_empty(),
+    );
     assert!(docker.ps().is_empty());
     docker.assert_clean();
 }
