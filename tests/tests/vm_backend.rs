@@ -433,6 +433,37 @@ fn podman_runs_microvms_with_twinbox_vm() {
 }
 
 #[test]
+fn containerd_runs_microvms_through_its_runc_shim_with_twinbox_vm() {
+    let out = step("containerd");
+    assert_eq!(value(&out, "import"), "0", "{out}");
+    assert_eq!(value(&out, "stdout"), guest_kernel().release, "{out}");
+    assert_eq!(value(&out, "stderr"), "to-stderr", "{out}");
+    assert_eq!(value(&out, "code"), "7", "{out}");
+    assert_eq!(value(&out, "detach"), "0", "{out}");
+    assert_eq!(
+        value(&out, "state"),
+        "ctr-bg",
+        "twinbox keeps the task's state in the shim's runc root: {out}"
+    );
+    assert_eq!(value(&out, "exec-code"), "5", "{out}");
+    assert_eq!(
+        value(&out, "exec"),
+        format!("in-exec,{},", guest_kernel().release),
+        "{out}"
+    );
+    assert_eq!(value(&out, "kill"), "0", "{out}");
+    assert!(
+        value(&out, "delete").contains("exit code 3"),
+        "the task's TERM trap status comes back: {out}"
+    );
+    assert_eq!(value(&out, "rm"), "0", "{out}");
+    assert_eq!(value(&out, "listed"), "0,0", "{out}");
+    for left in ["processes", "left-state", "sandboxes", "cgroups", "mounts"] {
+        assert_eq!(value(&out, left), "0", "{left} left behind: {out}");
+    }
+}
+
+#[test]
 fn nothing_is_left_behind() {
     let out = step("clean");
     assert_eq!(value(&out, "containers"), "0", "{out}");
@@ -528,35 +559,4 @@ fn run_isolation_vm_detached_with_logs_exec_ps_stop_and_rm() {
     assert_eq!(value(&out, "rm"), "0", "{out}");
     assert_eq!(value(&out, "left"), "0", "{out}");
     assert_eq!(value(&out, "rootfs"), "0", "{out}");
-}
-
-#[test]
-fn containerd_runs_microvms_through_its_runc_shim_with_twinbox_vm() {
-    let out = step("containerd");
-    assert_eq!(value(&out, "import"), "0", "{out}");
-    assert_eq!(value(&out, "stdout"), guest_kernel().release, "{out}");
-    assert_eq!(value(&out, "stderr"), "to-stderr", "{out}");
-    assert_eq!(value(&out, "code"), "7", "{out}");
-    assert_eq!(value(&out, "detach"), "0", "{out}");
-    assert_eq!(
-        value(&out, "state"),
-        "ctr-bg",
-        "twinbox keeps the task's state in the shim's runc root: {out}"
-    );
-    assert_eq!(value(&out, "exec-code"), "5", "{out}");
-    assert_eq!(
-        value(&out, "exec"),
-        format!("in-exec,{},", guest_kernel().release),
-        "{out}"
-    );
-    assert_eq!(value(&out, "kill"), "0", "{out}");
-    assert!(
-        value(&out, "delete").contains("exit code 3"),
-        "the task's TERM trap status comes back: {out}"
-    );
-    assert_eq!(value(&out, "rm"), "0", "{out}");
-    assert_eq!(value(&out, "listed"), "0,0", "{out}");
-    for left in ["processes", "left-state", "sandboxes", "cgroups", "mounts"] {
-        assert_eq!(value(&out, left), "0", "{left} left behind: {out}");
-    }
 }
