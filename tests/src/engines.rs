@@ -126,6 +126,23 @@ impl Drop for Podman {
     }
 }
 
+/// A containerd configuration whose root, state and sockets are all under `dir` (the gRPC
+/// socket is `dir/containerd.sock`), with the CRI plugin off: a daemon of the test's own that
+/// leaves the host's containerd alone.
+pub fn containerd_config(dir: &Path) -> String {
+    format!(
+        "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n\
+         disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+         [grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"{sock}.ttrpc\"\n",
+        root = dir.join("root").display(),
+        state = dir.join("state").display(),
+        sock = dir.join(CONTAINERD_SOCKET).display()
+    )
+}
+
+/// The gRPC socket's name in a [`containerd_config`] directory.
+pub const CONTAINERD_SOCKET: &str = "containerd.sock";
+
 /// A containerd daemon of the test's own (root, state, socket), with the CRI plugin off.
 pub struct Containerd {
     dir: tempfile::TempDir,
@@ -140,18 +157,7 @@ impl Containerd {
         let dir = tempfile::tempdir().expect("temp dir");
         let d = dir.path();
         let config = d.join("config.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n\
-                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
-                 [grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"{sock}.ttrpc\"\n",
-                root = d.join("root").display(),
-                state = d.join("state").display(),
-                sock = d.join("containerd.sock").display()
-            ),
-        )
-        .expect("config.toml");
+        std::fs::write(&config, containerd_config(d)).expect("config.toml");
         let log = std::fs::File::create(d.join("containerd.log")).expect("log");
         let daemon = Command::new("containerd")
             .arg("--config")
@@ -191,7 +197,7 @@ impl Containerd {
     {
         let mut cmd = Command::new("ctr");
         cmd.arg("--address")
-            .arg(self.dir.path().join("containerd.sock"))
+            .arg(self.dir.path().join(CONTAINERD_SOCKET))
             .args(args);
         cmd
     }

@@ -271,6 +271,20 @@ impl OciLayout {
         self.write_index();
     }
 
+    /// Writes the layout as an OCI archive (a tar of the layout, as `ctr image import` and
+    /// `docker load` take) at `tarball`.
+    pub fn archive(&self, tarball: &Path) {
+        let status = std::process::Command::new("tar")
+            .arg("-C")
+            .arg(&self.dir)
+            .arg("-cf")
+            .arg(tarball)
+            .args(["oci-layout", "index.json", "blobs"])
+            .status()
+            .expect("tar");
+        assert!(status.success(), "tar of the OCI layout failed");
+    }
+
     fn write_index(&self) {
         let index = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": self.manifests});
         std::fs::write(

@@ -1,6 +1,7 @@
 //! Fixtures for the VM backend's end-to-end tests in the emulated KVM host: OCI bundles made
 //! by the test, and an L1 job that holds twinbox, its guest agent, the guest kernel, the
-//! filesystem tools the backend runs, `twinbox-vm` on the PATH, and podman.
+//! filesystem tools the backend runs, `twinbox-vm` on the PATH, and podman; containerd on
+//! request ([`with_containerd`]).
 //!
 //! Container runtimes need a root that `pivot_root` can leave, which L1's initramfs root is
 //! not; the job therefore runs its script in a private mount namespace whose root is a bind
@@ -184,4 +185,38 @@ pub fn twinbox_job(steps: &StepScript, work: &Path, timeout: Duration) -> Job {
     .program("/usr/bin/mkfs.erofs", "/usr/bin/mkfs.erofs")
     .program("/sbin/mke2fs", "/sbin/mkfs.ext4")
     .timeout(timeout)
+}
+
+/// Where containerd keeps its root, state and sockets in a [`with_containerd`] job.
+pub const L1_CONTAINERD_DIR: &str = "/tmp/containerd";
+/// containerd's configuration in a [`with_containerd`] job.
+pub const L1_CONTAINERD_CONFIG: &str = "/job/containerd.toml";
+/// A busybox OCI archive in a [`with_containerd`] job; its index tags the image `vm` (import
+/// it with `ctr image import --base-name REPO`).
+pub const L1_BUSYBOX_OCI: &str = "/job/busybox-oci.tar";
+
+/// `job` with containerd, its runc v2 shim and ctr, the configuration of a private daemon in
+/// [`L1_CONTAINERD_DIR`] at [`L1_CONTAINERD_CONFIG`] (the one the host's containerd tests
+/// use, [`crate::engines::containerd_config`]), and a busybox image at [`L1_BUSYBOX_OCI`].
+/// The script starts the daemon itself. `work` holds the archive. (About 80 MiB of
+/// binaries in L1's RAM: only the jobs that drive containerd take them.)
+pub fn with_containerd(job: Job, work: &Path) -> Job {
+    let mut layout = crate::oci::OciLayout::create(&work.join("busybox-oci"));
+    let image = layout.image(
+        &[crate::oci::busybox_layer(crate::oci::Compression::None)],
+        serde_json::json!({"Cmd": ["sh"]}),
+        "amd64",
+    );
+    layout.tag(image, "vm");
+    let archive = work.join("busybox-oci.tar");
+    layout.archive(&archive);
+    let config = crate::engines::containerd_config(Path::new(L1_CONTAINERD_DIR));
+    job.file(archive, L1_BUSYBOX_OCI)
+        .data(L1_CONTAINERD_CONFIG, config.into_bytes(), 0o644)
+        .program("/usr/bin/containerd", "/usr/bin/containerd")
+        .program(
+            "/usr/bin/containerd-shim-runc-v2",
+            "/usr/bin/containerd-shim-runc-v2",
+        )
+        .program("/usr/bin/ctr", "/usr/bin/ctr")
 }

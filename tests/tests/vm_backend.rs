@@ -8,9 +8,13 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use serde_json::Value;
+use twinbox_tests::engines::CONTAINERD_SOCKET;
 use twinbox_tests::guest_kernel;
 use twinbox_tests::kvm_host::{JobOutput, kvm_host};
-use twinbox_tests::vm::{Bundles, bind_mount, vm_job, vm_steps};
+use twinbox_tests::vm::{
+    Bundles, L1_BUSYBOX_OCI, L1_CONTAINERD_CONFIG, L1_CONTAINERD_DIR, bind_mount, vm_job, vm_steps,
+    with_containerd,
+};
 
 /// The image `twinbox import`s in L1 for the docker-style steps.
 const ENGINE_IMAGE: &str = "busybox:vm";
@@ -22,6 +26,48 @@ const STEP: Duration = Duration::from_secs(120);
 
 fn set_env(config: &mut Value, env: &[&str]) {
     config["process"]["env"] = env.iter().map(|e| Value::from(*e)).collect();
+}
+
+/// containerd (started by the step, on its own root) runs microVMs through its runc v2 shim
+/// with `twinbox-vm` as the runc binary (`BinaryName`, as a Kata-style runtime class sets it):
+/// a foreground run, a detached task with exec, kill and delete; then containerd stops and
+/// the step counts what is left of it and of twinbox (processes by name; container
+/// directories in the shim's runc root, where twinbox also keeps its hidden `.seccomp`
+/// cache of compiled filters, as in its own run root).
+fn containerd_step() -> String {
+    let image = "docker.io/library/busybox:vm";
+    let run = "ctr run --snapshotter native --runc-binary /usr/local/bin/twinbox-vm";
+    let root = "/run/containerd/runc/default";
+    format!(
+        "export CONTAINERD_ADDRESS={L1_CONTAINERD_DIR}/{CONTAINERD_SOCKET}; \
+         containerd --config {L1_CONTAINERD_CONFIG} >/tmp/containerd.log 2>&1 & ctd=$!; \
+         for i in $(seq 300); do ctr version >/dev/null 2>&1 && break; sleep 0.1; done; \
+         ctr image import --snapshotter native --base-name docker.io/library/busybox \
+           {L1_BUSYBOX_OCI} >/dev/null; echo \"import=$?\"; \
+         {run} --rm {image} ctr-fg sh -c 'uname -r; echo to-stderr >&2; exit 7' \
+           >/tmp/ctr.out 2>/tmp/ctr.err; echo \"code=$?\"; \
+         echo \"stdout=$(cat /tmp/ctr.out)\"; echo \"stderr=$(cat /tmp/ctr.err)\"; \
+         {run} -d {image} ctr-bg sh -c \"trap 'exit 3' TERM; while true; do sleep 0.1; done\" \
+           >/dev/null; echo \"detach=$?\"; \
+         echo \"state=$(ls {root})\"; \
+         ctr task exec --exec-id e1 ctr-bg sh -c 'echo in-exec; uname -r; exit 5' >/tmp/ctr.exec; \
+         echo \"exec-code=$?\"; echo \"exec=$(tr '\\n' , </tmp/ctr.exec)\"; \
+         ctr task kill ctr-bg; echo \"kill=$?\"; \
+         for i in $(seq 600); do ctr task ls | grep ctr-bg | grep -q STOPPED && break; sleep 0.2; done; \
+         echo \"delete=$(ctr task delete ctr-bg 2>&1 | tr '\\n' ' ')\"; \
+         ctr container rm ctr-bg; echo \"rm=$?\"; \
+         echo \"listed=$(ctr container ls -q | wc -l),$(ctr task ls -q | wc -l)\"; \
+         kill $ctd; wait $ctd; \
+         for i in $(seq 50); do \
+           n=$(cat /proc/[0-9]*/comm 2>/dev/null | grep -c -e twinbox -e containerd); \
+           [ \"$n\" = 0 ] && break; sleep 0.1; done; \
+         echo \"processes=$n\"; \
+         echo \"left-state=$(ls {root} 2>/dev/null | wc -l)\"; \
+         echo \"sandboxes=$(ls -A /var/lib/twinbox/vm/sandboxes 2>/dev/null | wc -l)\"; \
+         echo \"cgroups=$(ls -d /sys/fs/cgroup/default/*/ 2>/dev/null | wc -l)\"; \
+         echo \"mounts=$(grep -c -e {L1_CONTAINERD_DIR} -e /run/containerd /proc/mounts)\"; \
+         [ \"$(cat /tmp/ctr.out)\" ] || cat /tmp/containerd.log"
+    )
 }
 
 /// Boots L1 once and runs every step of this file in it.
@@ -236,6 +282,7 @@ fn batch() -> &'static JobOutput {
                      echo \"rootfs=$(ls /var/lib/twinbox/containers 2>/dev/null | wc -l)\""
                 ),
             )
+            .step("containerd", STEP, &containerd_step())
             .step(
                 "clean",
                 STEP,
@@ -246,7 +293,10 @@ fn batch() -> &'static JobOutput {
                  echo \"rootfs=$(ls -A /var/lib/twinbox/containers 2>/dev/null | wc -l)\"",
             );
         let work = tempfile::tempdir().unwrap();
-        let job = vm_job(&steps, &bundles, work.path(), 16 * STEP);
+        let job = with_containerd(
+            vm_job(&steps, &bundles, work.path(), 17 * STEP),
+            work.path(),
+        );
         let run = kvm_host().run(&job).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(run.exit_code, 0, "the batch script failed:\n{}", run.output);
         run
@@ -380,6 +430,37 @@ fn podman_runs_microvms_with_twinbox_vm() {
     assert_eq!(value(&out, "exec"), "ok", "{out}");
     assert_eq!(value(&out, "stop"), "0", "{out}");
     assert_eq!(value(&out, "left"), "0", "{out}");
+}
+
+#[test]
+fn containerd_runs_microvms_through_its_runc_shim_with_twinbox_vm() {
+    let out = step("containerd");
+    assert_eq!(value(&out, "import"), "0", "{out}");
+    assert_eq!(value(&out, "stdout"), guest_kernel().release, "{out}");
+    assert_eq!(value(&out, "stderr"), "to-stderr", "{out}");
+    assert_eq!(value(&out, "code"), "7", "{out}");
+    assert_eq!(value(&out, "detach"), "0", "{out}");
+    assert_eq!(
+        value(&out, "state"),
+        "ctr-bg",
+        "twinbox keeps the task's state in the shim's runc root: {out}"
+    );
+    assert_eq!(value(&out, "exec-code"), "5", "{out}");
+    assert_eq!(
+        value(&out, "exec"),
+        format!("in-exec,{},", guest_kernel().release),
+        "{out}"
+    );
+    assert_eq!(value(&out, "kill"), "0", "{out}");
+    assert!(
+        value(&out, "delete").contains("exit code 3"),
+        "the task's TERM trap status comes back: {out}"
+    );
+    assert_eq!(value(&out, "rm"), "0", "{out}");
+    assert_eq!(value(&out, "listed"), "0,0", "{out}");
+    for left in ["processes", "left-state", "sandboxes", "cgroups", "mounts"] {
+        assert_eq!(value(&out, left), "0", "{left} left behind: {out}");
+    }
 }
 
 #[test]
