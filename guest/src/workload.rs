@@ -31,8 +31,9 @@ pub struct WorkloadRecord {
     pub pid: i32,
     /// The spec as the guest applies it.
     pub spec: Spec,
-    /// Its seccomp profile compiled by the host, for exec'd processes too.
-    #[serde(default)]
+    /// Its seccomp profile compiled by the host, for exec'd processes too (base64, which
+    /// every exec parses faster than an array of numbers).
+    #[serde(default, with = "twinbox_protocol::base64_bytes")]
     pub seccomp_program: Option<Vec<u8>>,
 }
 

@@ -14,12 +14,12 @@ pub use connection::{Connection, wait_readable};
 pub use frame::{Frame, FrameReader, MAX_DATA, MAX_FRAME, Stream};
 pub use message::{
     AgentError, CreateRequest, ErrorKind, ExecRequest, ExitStatus, FileSetup, Hello, Message,
-    RootfsSetup, VolumeSetup, WritableLayer, disk_device, file_path, volume_dir,
+    RootfsSetup, VolumeSetup, WritableLayer, base64_bytes, disk_device, file_path, volume_dir,
 };
 pub use relay::{Event, Relay};
 
 /// The protocol version both sides announce in [`Hello`]; they must be equal.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The host port the agent connects to for the main session.
 pub const HOST_PORT: u32 = 1024;
