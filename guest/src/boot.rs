@@ -1,6 +1,7 @@
 //! Early boot of the guest: the boot-timer signal, the API filesystems, and powering off.
-//! The guest's root is the agent disk, read-only (its mount points are on it); the kernel
-//! has mounted devtmpfs on /dev, so /dev/mem is there before the first mount.
+//! The guest's root is the agent disk, read-only (its mount points are on it). /dev/console
+//! and /dev/mem are there before the first mount: in the devtmpfs the kernel mounts on /dev,
+//! or, with a kernel that does not, as nodes on the disk itself.
 
 use nix::mount::{MsFlags, mount};
 

@@ -151,12 +151,27 @@ impl DiskCache {
     }
 }
 
-/// Lays out the agent disk's tree in `staging`: the agent and its mount points.
+/// Device nodes on the agent disk, for kernels that do not mount devtmpfs on /dev before
+/// init (twinbox's does): the console for the agent's messages, and /dev/mem for its
+/// boot-timer write. (name, major, minor).
+const AGENT_DEVICES: [(&str, u64, u64); 2] = [("dev/console", 5, 1), ("dev/mem", 1, 1)];
+
+/// Lays out the agent disk's tree in `staging`: the agent, its mount points and devices.
 fn stage_agent(agent: &Path, staging: &Path) -> Result<(), VmError> {
     use std::os::unix::fs::PermissionsExt;
     for dir in AGENT_MOUNT_POINTS {
         let path = staging.join(dir);
         std::fs::create_dir_all(&path).map_err(VmError::io("creating", &path))?;
+    }
+    for (name, major, minor) in AGENT_DEVICES {
+        let path = staging.join(name);
+        nix::sys::stat::mknod(
+            &path,
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+            nix::sys::stat::makedev(major, minor),
+        )
+        .map_err(|e| VmError::io("creating the device node", &path)(e.into()))?;
     }
     let init = staging.join(AGENT_INIT.trim_start_matches('/'));
     std::fs::copy(agent, &init).map_err(VmError::io("copying the guest agent to", &init))?;
@@ -360,6 +375,12 @@ mod tests {
         );
         for mount_point in AGENT_MOUNT_POINTS {
             assert!(extracted.join(mount_point).is_dir(), "{mount_point}");
+        }
+        for (name, major, minor) in AGENT_DEVICES {
+            use std::os::unix::fs::{FileTypeExt, MetadataExt};
+            let meta = std::fs::symlink_metadata(extracted.join(name)).unwrap();
+            assert!(meta.file_type().is_char_device(), "{name}");
+            assert_eq!(meta.rdev(), nix::sys::stat::makedev(major, minor), "{name}");
         }
         let leftovers: Vec<_> = std::fs::read_dir(first.parent().unwrap())
             .unwrap()
