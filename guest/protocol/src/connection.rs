@@ -125,6 +125,20 @@ impl<S: Read + Write + AsFd> Connection<S> {
         self.send(&Message::Hello(Hello::ours(software)))
     }
 
+    /// Opens a session from the host's side: our hello with `request` right behind it, then
+    /// the peer's hello (within `timeout`). The agent reads the request as soon as it has
+    /// checked our hello, so the session costs no round trip before the request.
+    pub fn open(
+        &mut self,
+        software: &str,
+        request: &Message,
+        timeout: Duration,
+    ) -> Result<Hello, ProtocolError> {
+        self.greet(software)?;
+        self.send(request)?;
+        self.expect_hello(timeout)
+    }
+
     /// Checks the peer's hello, which must come within `timeout`.
     pub fn expect_hello(&mut self, timeout: Duration) -> Result<Hello, ProtocolError> {
         match self.recv_message(Some(timeout))? {
@@ -220,16 +234,16 @@ mod tests {
     fn a_pipelined_greeting_reaches_a_peer_that_handshakes() {
         let (a, b) = UnixStream::pair().unwrap();
         let mut conn = Connection::new(a);
-        // The host greets and sends its next message before hearing from the peer.
-        conn.greet("host").unwrap();
-        conn.send(&Message::Start).unwrap();
         let peer = std::thread::spawn(move || {
             let mut conn = Connection::new(b);
             let hello = conn.handshake("agent", Duration::from_secs(5)).unwrap();
             let next = conn.recv_message(Some(Duration::from_secs(5))).unwrap();
             (hello.software, next)
         });
-        let hello = conn.expect_hello(Duration::from_secs(5)).unwrap();
+        // The host greets and sends its request before hearing from the peer.
+        let hello = conn
+            .open("host", &Message::Start, Duration::from_secs(5))
+            .unwrap();
         assert_eq!(hello.software, "agent");
         assert_eq!(peer.join().unwrap(), ("host".to_string(), Message::Start));
     }

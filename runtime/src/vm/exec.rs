@@ -56,14 +56,12 @@ pub fn main(config_path: &Path) -> i32 {
     };
     let mut conn = Connection::new(stream);
     let software = format!("twinbox {}", env!("CARGO_PKG_VERSION"));
+    let request = Message::Exec(Box::new(ExecRequest {
+        process: config.process.clone(),
+    }));
     let started = conn
-        .handshake(&software, REPLY_TIMEOUT)
-        .and_then(|_| {
-            conn.send(&Message::Exec(Box::new(ExecRequest {
-                process: config.process.clone(),
-            })))
-        })
-        .and_then(|()| conn.recv_message(Some(REPLY_TIMEOUT)));
+        .open(&software, &request, REPLY_TIMEOUT)
+        .and_then(|_| conn.recv_message(Some(REPLY_TIMEOUT)));
     match started {
         Ok(Message::Started { pid }) => tracing::debug!(pid, "exec started in the guest"),
         Ok(Message::Error(error)) => return fail(error.exit_code(), error.message),

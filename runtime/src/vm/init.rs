@@ -321,18 +321,17 @@ fn boot(
             ),
         )
     };
-    // Hello and create go out together: the agent reads the create request as soon as it
-    // has checked our hello, without waiting for a round trip.
-    conn.greet(&format!("twinbox {}", env!("CARGO_PKG_VERSION")))
-        .map_err(|e| lost(vm, e, "greeting the guest agent"))?;
     let mut request = config.request.clone();
     request.host_time_ns = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
-    conn.send(&Message::Create(Box::new(request)))
-        .map_err(|e| lost(vm, e, "sending the workload to the guest"))?;
-    match conn.expect_hello(REPLY_TIMEOUT) {
+    let software = format!("twinbox {}", env!("CARGO_PKG_VERSION"));
+    match conn.open(
+        &software,
+        &Message::Create(Box::new(request)),
+        REPLY_TIMEOUT,
+    ) {
         Ok(_) => phases.mark_now(Milestone::AgentReady),
         Err(ProtocolError::VersionMismatch {
             ours,

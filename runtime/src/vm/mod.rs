@@ -331,17 +331,19 @@ impl VmBackend {
         }
     }
 
-    /// Opens a request session with the VM's agent.
+    /// Opens a request session with the VM's agent and sends it `request`.
     fn request_session(
         record: &ContainerRecord,
+        request: &Message,
     ) -> Result<Connection<std::os::unix::net::UnixStream>, VmError> {
         let socket = jail::vm_dir(&record.state_dir).join(init::VSOCK_SOCKET);
         let stream =
             twinbox_protocol::transport::hybrid_connect(&socket, AGENT_PORT, REPLY_TIMEOUT)
                 .map_err(|e| VmError::Boot(e.to_string()))?;
         let mut conn = Connection::new(stream);
-        conn.handshake(
+        conn.open(
             &format!("twinbox {}", env!("CARGO_PKG_VERSION")),
+            request,
             REPLY_TIMEOUT,
         )
         .map_err(|e| VmError::Boot(format!("the VM's agent: {e}")))?;
@@ -449,9 +451,9 @@ impl Backend for VmBackend {
     fn signal(&self, record: &ContainerRecord, signal: i32, all: bool) -> Result<(), BackendError> {
         if all && signal != libc::SIGKILL {
             // Every process of the workload: the agent signals its cgroup in the guest.
-            let sent = Self::request_session(record).and_then(|mut conn| {
-                conn.send(&Message::Signal { signal, all: true })
-                    .and_then(|()| conn.recv_message(Some(REPLY_TIMEOUT)))
+            let request = Message::Signal { signal, all: true };
+            let sent = Self::request_session(record, &request).and_then(|mut conn| {
+                conn.recv_message(Some(REPLY_TIMEOUT))
                     .map_err(|e| VmError::Boot(format!("signalling the VM's workload: {e}")))
             });
             return match sent {
