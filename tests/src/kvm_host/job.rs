@@ -21,6 +21,12 @@ const L1_CPU_MODEL: &str = "EPYC,+svm";
 const L1_BASE_MEMORY_MIB: u64 = 1024;
 /// Time L1 gets to boot and power off, on top of the job's timeout.
 const L1_BOOT_ALLOWANCE: Duration = Duration::from_secs(60);
+/// How long L1's console may stay silent (its init writes a heartbeat every 5 s) before the
+/// harness takes L1 for frozen. Emulated SVM under TCG very rarely freezes L1 whole, which
+/// would otherwise hold a test until the job's timeout.
+const L1_FREEZE_LIMIT: Duration = Duration::from_secs(60);
+/// The heartbeat line of L1's init.
+const HEARTBEAT: &str = "TWINBOX-L1-ALIVE";
 /// Default job timeout.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
 /// The host QEMU binary and firmware that `Job::qemu` places into L1, so that L1 can run
@@ -193,10 +199,29 @@ impl KvmHost {
     /// [`KvmHost::run`], calling `on_line` with each line of the script's output (as
     /// [`JobOutput::output`] will hold it) while the job runs: for progress reports on long
     /// jobs such as benchmarks.
+    /// A frozen L1 (see [`KvmHostError::L1Froze`]) is a fault of the emulation, not of the
+    /// job: the job then runs once more, and a second freeze is the error.
     pub fn run_watching(
         &self,
         job: &Job,
         mut on_line: impl FnMut(&str),
+    ) -> Result<JobOutput, KvmHostError> {
+        match self.run_once(job, &mut on_line) {
+            Err(error @ KvmHostError::L1Froze { .. }) => {
+                eprintln!(
+                    "kvm-host: {error}
+kvm-host: running the job once more"
+                );
+                self.run_once(job, &mut on_line)
+            }
+            other => other,
+        }
+    }
+
+    fn run_once(
+        &self,
+        job: &Job,
+        on_line: &mut impl FnMut(&str),
     ) -> Result<JobOutput, KvmHostError> {
         let work = tempfile::Builder::new()
             .prefix("twinbox-l1-")
@@ -227,17 +252,26 @@ impl KvmHost {
         let mut qemu = KillOnDrop(child);
         let limit = job.timeout + L1_BOOT_ALLOWANCE;
         let mut follower = LineFollower::default();
+        let mut console_watch = SilenceWatch::new(started);
+        let mut froze = false;
         let status = loop {
-            follower.poll(&paths.output, &mut on_line);
+            follower.poll(&paths.output, &mut *on_line);
             match qemu.0.try_wait() {
                 Ok(Some(status)) => break Some(status),
                 Ok(None) if started.elapsed() >= limit => break None,
-                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                Ok(None) => {
+                    let console_len = std::fs::metadata(&paths.console).map_or(0, |m| m.len());
+                    if console_watch.silent_for(console_len, Instant::now()) >= L1_FREEZE_LIMIT {
+                        froze = true;
+                        break None;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
                 Err(error) => return Err(io_error("waiting for L1's QEMU".into())(error)),
             }
         };
         drop(qemu);
-        follower.poll(&paths.output, &mut on_line);
+        follower.poll(&paths.output, &mut *on_line);
 
         let read = |path: &Path| {
             std::fs::read(path)
@@ -246,8 +280,13 @@ impl KvmHost {
         };
         classify(Outcome {
             status: status.map(|s| s.to_string()),
-            console: read(&paths.console),
+            console: read(&paths.console)
+                .lines()
+                .filter(|line| *line != HEARTBEAT)
+                .map(|line| format!("{line}\n"))
+                .collect(),
             output: read(&paths.output),
+            froze,
             qemu_log: read(&paths.qemu_log)
                 .lines()
                 .filter(|line| !line.contains("TCG doesn't support requested feature"))
@@ -477,9 +516,32 @@ impl LineFollower {
 }
 
 /// Everything known about a finished (or killed) L1 run.
+/// How long a growing file (L1's console) has not grown.
+struct SilenceWatch {
+    len: u64,
+    since: Instant,
+}
+
+impl SilenceWatch {
+    fn new(now: Instant) -> Self {
+        SilenceWatch { len: 0, since: now }
+    }
+
+    /// How long the file has been silent at `now`, given its length `len` then.
+    fn silent_for(&mut self, len: u64, now: Instant) -> Duration {
+        if len != self.len {
+            self.len = len;
+            self.since = now;
+        }
+        now.saturating_duration_since(self.since)
+    }
+}
+
 struct Outcome {
-    /// QEMU's exit status; `None` when the harness killed it at `limit`.
+    /// QEMU's exit status; `None` when the harness killed it (at `limit`, or frozen).
     status: Option<String>,
+    /// The harness killed QEMU because L1's console fell silent (no heartbeat).
+    froze: bool,
     console: String,
     output: String,
     qemu_log: String,
@@ -493,6 +555,13 @@ fn classify(run: Outcome) -> Result<JobOutput, KvmHostError> {
     let has = |marker: &str| run.console.lines().any(|line| line.starts_with(marker));
     let console = tail(&run.console, ERROR_TAIL_LINES);
     let output = tail(&run.output, ERROR_TAIL_LINES);
+    if run.froze {
+        return Err(KvmHostError::L1Froze {
+            after: run.elapsed,
+            console,
+            output,
+        });
+    }
     if has("TWINBOX-L1-TIMEOUT") {
         return Err(KvmHostError::ScriptTimeout {
             limit: run.script_limit,
@@ -540,6 +609,7 @@ mod tests {
 
     fn outcome(status: Option<&str>, console: &str) -> Outcome {
         Outcome {
+            froze: false,
             status: status.map(str::to_string),
             console: console.to_string(),
             output: "script output\n".to_string(),
@@ -604,6 +674,28 @@ mod tests {
                 "{console:?}: {error}"
             );
         }
+    }
+
+    #[test]
+    fn a_silent_console_is_a_frozen_l1() {
+        let frozen = Outcome {
+            froze: true,
+            ..outcome(None, "TWINBOX-L1-UP uptime=1\n")
+        };
+        let error = classify(frozen).unwrap_err();
+        assert!(matches!(error, KvmHostError::L1Froze { .. }), "{error}");
+        assert!(error.to_string().contains("froze"), "{error}");
+
+        let start = Instant::now();
+        let mut watch = SilenceWatch::new(start);
+        let at = |secs| start + Duration::from_secs(secs);
+        assert_eq!(watch.silent_for(0, at(30)), Duration::from_secs(30));
+        assert_eq!(
+            watch.silent_for(10, at(40)),
+            Duration::ZERO,
+            "growth resets"
+        );
+        assert_eq!(watch.silent_for(10, at(100)), Duration::from_secs(60));
     }
 
     #[test]

@@ -7,6 +7,8 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 echo "TWINBOX-L1-UP uptime=$(cut -d' ' -f1 /proc/uptime)"
+# A heartbeat on the console: the harness takes its silence for a frozen L1.
+(while :; do sleep 5; echo "TWINBOX-L1-ALIVE"; done) &
 for module in /lib/twinbox-l1/*.ko; do
 	insmod "$module" || echo "TWINBOX-L1-MODULE-FAILED $module"
 done

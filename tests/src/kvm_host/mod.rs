@@ -111,6 +111,19 @@ pub enum KvmHostError {
         /// The end of the script's output.
         output: String,
     },
+    /// L1's console fell silent (its init's heartbeat stopped): L1 froze whole, which
+    /// emulated SVM under TCG very rarely does. The harness killed it.
+    #[error(
+        "L1 (the emulated KVM host) froze: its console fell silent {after:?} into the run and QEMU was killed\nL1 console (end):\n{console}\noutput so far (end):\n{output}"
+    )]
+    L1Froze {
+        /// When the harness gave up on L1.
+        after: Duration,
+        /// The end of L1's console.
+        console: String,
+        /// The end of the script's output.
+        output: String,
+    },
     /// L1 stopped (panic, reset) before the job script finished.
     #[error(
         "L1 stopped before the job script finished (QEMU {status})\nL1 console (end):\n{console}\noutput so far (end):\n{output}"
