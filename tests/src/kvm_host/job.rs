@@ -21,10 +21,10 @@ const L1_CPU_MODEL: &str = "EPYC,+svm";
 const L1_BASE_MEMORY_MIB: u64 = 1024;
 /// Time L1 gets to boot and power off, on top of the job's timeout.
 const L1_BOOT_ALLOWANCE: Duration = Duration::from_secs(60);
-/// How long L1's console may stay silent (its init writes a heartbeat every 5 s) before the
-/// harness takes L1 for frozen. Emulated SVM under TCG very rarely freezes L1 whole, which
-/// would otherwise hold a test until the job's timeout.
-const L1_FREEZE_LIMIT: Duration = Duration::from_secs(60);
+/// How long L1's console may stay silent once its init runs (the init writes a heartbeat
+/// every 5 s) before the harness takes L1 for frozen. Emulated SVM under TCG very rarely
+/// freezes L1 whole, which would otherwise hold a test until the job's timeout.
+const L1_FREEZE_LIMIT: Duration = Duration::from_secs(120);
 /// The heartbeat line of L1's init.
 const HEARTBEAT: &str = "TWINBOX-L1-ALIVE";
 /// Default job timeout.
@@ -252,7 +252,9 @@ kvm-host: running the job once more"
         let mut qemu = KillOnDrop(child);
         let limit = job.timeout + L1_BOOT_ALLOWANCE;
         let mut follower = LineFollower::default();
-        let mut console_watch = SilenceWatch::new(started);
+        // Armed once L1's init runs (its heartbeat starts then): booting a large initramfs
+        // under TCG may take longer than the freeze limit, in silence.
+        let mut console_watch: Option<SilenceWatch> = None;
         let mut froze = false;
         let status = loop {
             follower.poll(&paths.output, &mut *on_line);
@@ -261,9 +263,17 @@ kvm-host: running the job once more"
                 Ok(None) if started.elapsed() >= limit => break None,
                 Ok(None) => {
                     let console_len = std::fs::metadata(&paths.console).map_or(0, |m| m.len());
-                    if console_watch.silent_for(console_len, Instant::now()) >= L1_FREEZE_LIMIT {
-                        froze = true;
-                        break None;
+                    let now = Instant::now();
+                    if let Some(watch) = &mut console_watch {
+                        if watch.silent_for(console_len, now) >= L1_FREEZE_LIMIT {
+                            froze = true;
+                            break None;
+                        }
+                    } else if console_len > 0
+                        && std::fs::read_to_string(&paths.console)
+                            .is_ok_and(|text| text.contains("TWINBOX-L1-UP"))
+                    {
+                        console_watch = Some(SilenceWatch::new(now));
                     }
                     std::thread::sleep(Duration::from_millis(20));
                 }
