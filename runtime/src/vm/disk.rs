@@ -87,19 +87,28 @@ impl DiskCache {
 
     /// The root filesystem image of `image` from `store`, built on first use.
     pub fn image_rootfs(&self, store: &ImageStore, image: &Image) -> Result<PathBuf, VmError> {
-        let path = self
-            .root
-            .join("images")
-            .join(format!("{}.{ROOTFS_FSTYPE}", image.id.hex()));
-        if path.is_file() {
-            return Ok(path);
+        self.cached("images", image.id.hex(), |tmp| {
+            // Layers stay while the lock is held (gc takes it exclusively).
+            let _lock = store.lock_shared().map_err(VmError::image)?;
+            let layers = store.layer_dirs(image).map_err(VmError::image)?;
+            let staging = store.staging_dir("vm-rootfs").map_err(VmError::image)?;
+            build_from_layers(&layers, staging.path(), tmp)
+        })
+    }
+
+    /// The erofs image `<kind>/<key>.erofs` of the cache, built with `build` (into a
+    /// temporary file, renamed in place) when it is not there yet.
+    fn cached(
+        &self,
+        kind: &str,
+        key: &str,
+        build: impl FnOnce(&Path) -> Result<(), VmError>,
+    ) -> Result<PathBuf, VmError> {
+        let path = self.root.join(kind).join(format!("{key}.{ROOTFS_FSTYPE}"));
+        if !path.is_file() {
+            write_atomic_with(&path, build)?;
+            tracing::debug!(path = %path.display(), "VM {kind} image built");
         }
-        // Layers stay while the lock is held (gc takes it exclusively).
-        let _lock = store.lock_shared().map_err(VmError::image)?;
-        let layers = store.layer_dirs(image).map_err(VmError::image)?;
-        let staging = store.staging_dir("vm-rootfs").map_err(VmError::image)?;
-        write_atomic_with(&path, |tmp| build_from_layers(&layers, staging.path(), tmp))?;
-        tracing::debug!(image = %image.id, path = %path.display(), "VM root filesystem image built");
         Ok(path)
     }
 
@@ -107,16 +116,7 @@ impl DiskCache {
     /// content is new.
     pub fn dir_rootfs(&self, rootfs: &Path) -> Result<PathBuf, VmError> {
         let key = content_key(rootfs).map_err(VmError::io("reading", rootfs))?;
-        let path = self
-            .root
-            .join("rootfs")
-            .join(format!("{key}.{ROOTFS_FSTYPE}"));
-        if path.is_file() {
-            return Ok(path);
-        }
-        write_atomic_with(&path, |tmp| mkfs_erofs(rootfs, tmp))?;
-        tracing::debug!(rootfs = %rootfs.display(), path = %path.display(), "VM root filesystem image built");
-        Ok(path)
+        self.cached("rootfs", &key, |tmp| mkfs_erofs(rootfs, tmp))
     }
 
     /// The agent disk: a small read-only erofs image holding the guest agent as
@@ -125,14 +125,7 @@ impl DiskCache {
     /// an initramfs was copied into guest RAM whole and unpacked into a second copy.
     pub fn agent_disk(&self, agent: &Path) -> Result<PathBuf, VmError> {
         let key = super::assets::file_key(agent).map_err(VmError::io("reading", agent))?;
-        let path = self
-            .root
-            .join("agent")
-            .join(format!("{key}.{ROOTFS_FSTYPE}"));
-        if path.is_file() {
-            return Ok(path);
-        }
-        write_atomic_with(&path, |tmp| {
+        self.cached("agent", &key, |tmp| {
             let staging = tmp.with_extension("staging");
             let result = stage_agent(agent, &staging).and_then(|()| {
                 run_tool(
@@ -145,9 +138,7 @@ impl DiskCache {
             });
             let _ = std::fs::remove_dir_all(&staging);
             result
-        })?;
-        tracing::debug!(agent = %agent.display(), path = %path.display(), "VM agent disk built");
-        Ok(path)
+        })
     }
 }
 

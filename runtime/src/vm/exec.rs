@@ -9,11 +9,10 @@ use std::time::Duration;
 
 use oci_spec::runtime::Process;
 use serde::{Deserialize, Serialize};
-use twinbox_protocol::transport::hybrid_connect;
-use twinbox_protocol::{AGENT_PORT, Connection, Event, ExecRequest, Message, REPLY_TIMEOUT};
+use twinbox_protocol::{Event, ExecRequest, Message, REPLY_TIMEOUT};
 
 use super::hostio::{self, Signals};
-use super::init::{GUEST_DIED, VSOCK_SOCKET};
+use super::init::GUEST_DIED;
 use super::notify::{self, Notice};
 
 /// The relay's configuration (in the VM directory, removed once read).
@@ -50,18 +49,14 @@ pub fn main(config_path: &Path) -> i32 {
         Ok(signals) => signals,
         Err(error) => return fail(1, format!("setting up signals: {error}")),
     };
-    let stream = match hybrid_connect(&vm_dir.join(VSOCK_SOCKET), AGENT_PORT, REPLY_TIMEOUT) {
-        Ok(stream) => stream,
-        Err(error) => return fail(1, format!("the VM's agent cannot be reached: {error}")),
-    };
-    let mut conn = Connection::new(stream);
-    let software = format!("twinbox {}", env!("CARGO_PKG_VERSION"));
     let request = Message::Exec(Box::new(ExecRequest {
         process: config.process.clone(),
     }));
-    let started = conn
-        .open(&software, &request, REPLY_TIMEOUT)
-        .and_then(|_| conn.recv_message(Some(REPLY_TIMEOUT)));
+    let mut conn = match super::request_session(&vm_dir, &request) {
+        Ok(conn) => conn,
+        Err(message) => return fail(1, message),
+    };
+    let started = conn.recv_message(Some(REPLY_TIMEOUT));
     match started {
         Ok(Message::Started { pid }) => tracing::debug!(pid, "exec started in the guest"),
         Ok(Message::Error(error)) => return fail(error.exit_code(), error.message),

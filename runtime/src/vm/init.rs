@@ -326,9 +326,8 @@ fn boot(
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
-    let software = format!("twinbox {}", env!("CARGO_PKG_VERSION"));
     match conn.open(
-        &software,
+        &super::host_software(),
         &Message::Create(Box::new(request)),
         REPLY_TIMEOUT,
     ) {

@@ -1,10 +1,10 @@
 //! The VMM's jail: an OCI spec that the container setup (`twinbox-sandbox`) runs like any
 //! container, so the VMM gets the container backend's own isolation. New mount, pid, network,
 //! ipc and uts namespaces; a read-only root holding only what the VMM needs (/dev/kvm, the
-//! kernel, the disk images (the agent disk among them), its state directory, the volume directories it
-//! writes changes back to, the exec fifo and the twinbox binary itself); no capabilities
-//! (except those that writing volume changes needs, when there are such volumes); no new
-//! privileges; Docker's seccomp profile for the whole process, and the VMM's own stricter
+//! kernel, the disk images (the agent disk among them), its state directory, the volume
+//! directories it writes changes back to, the exec fifo and the `twinbox-vmm` binary); no
+//! capabilities (except those that writing volume changes needs, when there are such
+//! volumes); no new privileges; Docker's seccomp profile for the whole process, and the VMM's own stricter
 //! per-thread filters once the guest runs; a cgroup whose memory limit covers guest RAM plus
 //! the VMM's overhead.
 

@@ -330,25 +330,27 @@ impl VmBackend {
             }
         }
     }
+}
 
-    /// Opens a request session with the VM's agent and sends it `request`.
-    fn request_session(
-        record: &ContainerRecord,
-        request: &Message,
-    ) -> Result<Connection<std::os::unix::net::UnixStream>, VmError> {
-        let socket = jail::vm_dir(&record.state_dir).join(init::VSOCK_SOCKET);
-        let stream =
-            twinbox_protocol::transport::hybrid_connect(&socket, AGENT_PORT, REPLY_TIMEOUT)
-                .map_err(|e| VmError::Boot(e.to_string()))?;
-        let mut conn = Connection::new(stream);
-        conn.open(
-            &format!("twinbox {}", env!("CARGO_PKG_VERSION")),
-            request,
-            REPLY_TIMEOUT,
-        )
-        .map_err(|e| VmError::Boot(format!("the VM's agent: {e}")))?;
-        Ok(conn)
-    }
+/// What the host side calls itself in its hello.
+fn host_software() -> String {
+    format!("twinbox {}", env!("CARGO_PKG_VERSION"))
+}
+
+/// Opens a request session with the agent of the VM whose directory is `vm_dir` and sends it
+/// `request`: `exec`'s relay (in the jail) and signals to every workload process (on the
+/// host) both come this way.
+fn request_session(
+    vm_dir: &Path,
+    request: &Message,
+) -> Result<Connection<std::os::unix::net::UnixStream>, String> {
+    let socket = vm_dir.join(init::VSOCK_SOCKET);
+    let stream = twinbox_protocol::transport::hybrid_connect(&socket, AGENT_PORT, REPLY_TIMEOUT)
+        .map_err(|e| format!("the VM's agent cannot be reached: {e}"))?;
+    let mut conn = Connection::new(stream);
+    conn.open(&host_software(), request, REPLY_TIMEOUT)
+        .map_err(|e| format!("the VM's agent: {e}"))?;
+    Ok(conn)
 }
 
 /// A short key for a state directory, naming its scratch directory.
@@ -452,10 +454,12 @@ impl Backend for VmBackend {
         if all && signal != libc::SIGKILL {
             // Every process of the workload: the agent signals its cgroup in the guest.
             let request = Message::Signal { signal, all: true };
-            let sent = Self::request_session(record, &request).and_then(|mut conn| {
-                conn.recv_message(Some(REPLY_TIMEOUT))
-                    .map_err(|e| VmError::Boot(format!("signalling the VM's workload: {e}")))
-            });
+            let sent = request_session(&jail::vm_dir(&record.state_dir), &request)
+                .map_err(VmError::Boot)
+                .and_then(|mut conn| {
+                    conn.recv_message(Some(REPLY_TIMEOUT))
+                        .map_err(|e| VmError::Boot(format!("signalling the VM's workload: {e}")))
+                });
             return match sent {
                 Ok(Message::Done) => Ok(()),
                 Ok(Message::Error(error)) => Err(VmError::Boot(error.message).into()),

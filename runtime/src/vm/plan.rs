@@ -11,7 +11,7 @@ use twinbox_protocol::{
 };
 
 use super::VmError;
-use super::disk::{self, DISK_FSTYPE, ROOTFS_FSTYPE};
+use super::disk::{self, AGENT_INIT, DISK_FSTYPE, ROOTFS_FSTYPE};
 use crate::config::VmSettings;
 
 /// Guest RAM when neither the container nor the config gives one.
@@ -23,11 +23,13 @@ pub const MAX_FILE: u64 = 1 << 20;
 /// Most vCPUs.
 pub const MAX_VCPUS: u8 = 32;
 
-/// The kernel command line (the VMM adds its devices): the agent disk (`/dev/vda`) as the
-/// read-only root with the agent as init, reset through the i8042 (which ends the VMM),
-/// reboot at once on a panic (the host then reports it), quiet console.
-pub const KERNEL_CMDLINE: &str =
-    "root=/dev/vda rootfstype=erofs ro init=/init reboot=k panic=-1 pci=off nomodule quiet";
+/// The kernel command line after the root (the VMM adds its devices): reset through the
+/// i8042 (which ends the VMM), reboot at once on a panic (the host then reports it), quiet
+/// console.
+pub const KERNEL_CMDLINE: &str = "reboot=k panic=-1 pci=off nomodule quiet";
+
+/// The agent disk's place among the disks: first, the kernel's root.
+const AGENT_DISK: usize = 0;
 
 /// The root filesystem image's place among the disks (after the agent disk).
 const ROOTFS_DISK: usize = 1;
@@ -337,10 +339,16 @@ pub fn build(spec: &Spec, inputs: PlanInputs<'_>) -> Result<Plan, VmError> {
         }
         guest.set_linux(Some(linux));
     }
-    let cmdline = match &settings.kernel_args {
-        Some(extra) if !extra.trim().is_empty() => format!("{KERNEL_CMDLINE} {}", extra.trim()),
-        _ => KERNEL_CMDLINE.to_string(),
-    };
+    // The agent disk is the read-only root, the agent on it the init.
+    let mut cmdline = format!(
+        "root={} rootfstype={ROOTFS_FSTYPE} ro init={AGENT_INIT} {KERNEL_CMDLINE}",
+        disk_device(AGENT_DISK)
+    );
+    if let Some(extra) = settings.kernel_args.as_deref().map(str::trim)
+        && !extra.is_empty()
+    {
+        cmdline = format!("{cmdline} {extra}");
+    }
     // Compiled here, where the program cache is: libseccomp's compile of Docker's profile
     // took ~0.45 s of every VM start in the guest under nested virtualization.
     let seccomp_program = spec

@@ -254,7 +254,8 @@ kvm-host: running the job once more"
         let mut follower = LineFollower::default();
         // Armed once L1's init runs (its heartbeat starts then): booting a large initramfs
         // under TCG may take longer than the freeze limit, in silence.
-        let mut console_watch: Option<SilenceWatch> = None;
+        let mut console_watch = SilenceWatch::new(started);
+        let mut armed = false;
         let mut froze = false;
         let status = loop {
             follower.poll(&paths.output, &mut *on_line);
@@ -263,18 +264,16 @@ kvm-host: running the job once more"
                 Ok(None) if started.elapsed() >= limit => break None,
                 Ok(None) => {
                     let console_len = std::fs::metadata(&paths.console).map_or(0, |m| m.len());
-                    let now = Instant::now();
-                    if let Some(watch) = &mut console_watch {
-                        if watch.silent_for(console_len, now) >= L1_FREEZE_LIMIT {
-                            froze = true;
-                            break None;
-                        }
-                    } else if console_len > 0
-                        && std::fs::read_to_string(&paths.console)
-                            .is_ok_and(|text| text.contains("TWINBOX-L1-UP"))
-                    {
-                        console_watch = Some(SilenceWatch::new(now));
+                    let silent = console_watch.silent_for(console_len, Instant::now());
+                    if armed && silent >= L1_FREEZE_LIMIT {
+                        froze = true;
+                        break None;
                     }
+                    // The console is read only when it grew, until the init's marker is in.
+                    armed = armed
+                        || (silent.is_zero()
+                            && std::fs::read_to_string(&paths.console)
+                                .is_ok_and(|text| text.contains("TWINBOX-L1-UP")));
                     std::thread::sleep(Duration::from_millis(20));
                 }
                 Err(error) => return Err(io_error("waiting for L1's QEMU".into())(error)),
