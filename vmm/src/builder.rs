@@ -4,6 +4,7 @@
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -18,10 +19,10 @@ use vmm_sys_util::signal::Killable;
 use crate::arch::x86_64::layout::*;
 use crate::arch::x86_64::{BootInfo, ConfigureError, configure_system};
 use crate::config::{ConsoleConfig, VmConfig};
-use crate::devices::bus::{Bus, BusError, SharedBusDevice};
+use crate::devices::bus::{Bus, BusError, SharedBusDevice, lock};
 use crate::devices::legacy::{
     BootTimer, BootTimes, I8042, I8042_CMDLINE, I8042_PORT_BASE, I8042_PORT_LEN, SERIAL_PORT_BASE,
-    SERIAL_PORT_LEN, SerialConsole, SerialInput,
+    SERIAL_PORT_LEN, SerialConsole, SerialInput, SerialSnapshot,
 };
 use crate::devices::virtio::VirtioDevice;
 use crate::devices::virtio::block::{Block, BlockError};
@@ -30,6 +31,7 @@ use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::exit::{ExitReason, StopCause, StopSignal, VmExit};
 use crate::loader::{self, LoadError};
 use crate::seccomp::{self, Filters, SeccompError};
+use crate::snapshot::{self, Layout, SnapshotState};
 use crate::vstate::memory::{GuestMemory, MemoryError, create_guest_memory};
 use crate::vstate::vcpu::{self, Vcpu, VcpuBoot, VcpuError};
 use crate::vstate::vm::{self, Vm, VmError};
@@ -88,6 +90,14 @@ pub enum VmmError {
     /// The guest or a device failed while running.
     #[error("the VM stopped with an error: {0}")]
     Runtime(String),
+    /// A snapshot could not be taken or restored.
+    #[error("VM snapshot {path}: {message}")]
+    Snapshot {
+        /// The snapshot directory or file.
+        path: PathBuf,
+        /// What went wrong, and what to do.
+        message: String,
+    },
 }
 
 fn resource(what: &'static str) -> impl FnOnce(std::io::Error) -> VmmError {
@@ -122,6 +132,67 @@ impl VmHandle {
     }
 }
 
+/// What the VMM needs to snapshot a VM and to finish restoring one.
+struct SnapshotSupport {
+    /// Where to write a snapshot the guest asks for.
+    to: Option<PathBuf>,
+    layout: Layout,
+    disk_sectors: Vec<u64>,
+    resets_by_triple_fault: bool,
+    transports: Vec<Arc<Mutex<MmioTransport>>>,
+    serial: Option<Arc<Mutex<SerialConsole>>>,
+    /// Restored devices whose configuration changed (a disk of another size): they get a
+    /// config-change interrupt once the vCPUs run.
+    config_changed: Vec<Arc<Mutex<MmioTransport>>>,
+}
+
+impl SnapshotSupport {
+    /// Writes the snapshot of a VM whose vCPUs and devices have stopped.
+    fn write(
+        &self,
+        dir: &Path,
+        vm: &Vm,
+        mem: &GuestMemory,
+        vcpus: &[Vcpu],
+    ) -> Result<(), VmmError> {
+        let fail = |message: String| VmmError::Snapshot {
+            path: dir.to_path_buf(),
+            message: format!("cannot snapshot the VM: {message}"),
+        };
+        let transports = self
+            .transports
+            .iter()
+            .map(|transport| lock(transport).snapshot())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(fail)?;
+        if vcpus.len() != usize::from(self.layout.vcpus) {
+            return Err(fail(format!(
+                "only {} of {} vCPUs stopped cleanly",
+                vcpus.len(),
+                self.layout.vcpus
+            )));
+        }
+        let vcpus = vcpus
+            .iter()
+            .map(|vcpu| vcpu.save_state(vm.msr_indices()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| fail(e.to_string()))?;
+        let state = SnapshotState {
+            version: snapshot::FORMAT_VERSION,
+            layout: self.layout.clone(),
+            disk_sectors: self.disk_sectors.clone(),
+            resets_by_triple_fault: self.resets_by_triple_fault,
+            vm: vm.save_state().map_err(|e| fail(e.to_string()))?,
+            vcpus,
+            transports,
+            serial: self.serial.as_ref().map(|serial| lock(serial).snapshot()),
+        };
+        snapshot::write(dir, &state, mem)?;
+        tracing::info!("vmm: snapshot written to {}", dir.display());
+        Ok(())
+    }
+}
+
 /// A built microVM, ready to run.
 pub struct Vmm {
     start: Instant,
@@ -130,9 +201,10 @@ pub struct Vmm {
     stop: Arc<StopSignal>,
     boot_times: Arc<BootTimes>,
     filters: Option<Filters>,
+    snapshot: SnapshotSupport,
     // Dropped after the vCPUs: the VM fd, then the memory it maps.
-    _vm: Vm,
-    _mem: GuestMemory,
+    vm: Vm,
+    mem: GuestMemory,
 }
 
 impl std::fmt::Debug for Vmm {
@@ -152,6 +224,8 @@ struct DeviceSetup<'a> {
     cmdline: Cmdline,
     subscribers: Vec<Subscriber>,
     virtio_count: u64,
+    transports: Vec<Arc<Mutex<MmioTransport>>>,
+    serial: Option<Arc<Mutex<SerialConsole>>>,
 }
 
 impl DeviceSetup<'_> {
@@ -182,9 +256,13 @@ impl DeviceSetup<'_> {
                     .map_err(wiring(format!("the {name} queue {queue} notification")))?;
             }
         }
-        let transport = MmioTransport::new(device.clone(), self.mem.clone());
+        let transport = Arc::new(Mutex::new(MmioTransport::new(
+            device.clone(),
+            self.mem.clone(),
+        )));
         self.mmio
-            .insert(Arc::new(Mutex::new(transport)), base, MMIO_DEVICE_SIZE)?;
+            .insert(transport.clone(), base, MMIO_DEVICE_SIZE)?;
+        self.transports.push(transport);
         self.cmdline
             .add_virtio_mmio_device(MMIO_DEVICE_SIZE, GuestAddress(base), irq, None)
             .map_err(LoadError::from)?;
@@ -196,7 +274,8 @@ impl DeviceSetup<'_> {
 
 impl Vmm {
     /// Builds a VM from `config`: opens KVM, creates memory and devices, loads the kernel
-    /// and sets up the vCPUs. Nothing runs until [`Vmm::run`].
+    /// (or restores [`VmConfig::restore_from`]) and sets up the vCPUs. Nothing runs until
+    /// [`Vmm::run`].
     pub fn build(config: VmConfig) -> Result<Self, VmmError> {
         let start = Instant::now();
         if config.vcpus == 0 || config.vcpus > MAX_VCPUS {
@@ -205,7 +284,14 @@ impl Vmm {
                 config.vcpus
             )));
         }
-        loader::check_pvm_guest(&config.kernel, vm::host_is_pvm())?;
+        let layout = Layout::of(&config);
+        let restore = match &config.restore_from {
+            Some(dir) => Some((dir.as_path(), snapshot::read(dir, &layout)?)),
+            None => {
+                loader::check_pvm_guest(&config.kernel, vm::host_is_pvm())?;
+                None
+            }
+        };
         let kvm = vm::open_kvm(&config.kvm_device)?;
         let vm = Vm::new(&kvm)?;
         if usize::from(config.vcpus) > vm.max_vcpus() {
@@ -233,6 +319,8 @@ impl Vmm {
             cmdline: Cmdline::new(CMDLINE_MAX_SIZE).map_err(LoadError::from)?,
             subscribers: vec![Arc::new(Mutex::new(StopWatcher(stop.clone())))],
             virtio_count: 0,
+            transports: Vec::new(),
+            serial: None,
         };
         setup.pio.insert(
             Arc::new(Mutex::new(I8042::new(stop.clone()))),
@@ -240,14 +328,23 @@ impl Vmm {
             I8042_PORT_LEN,
         )?;
         cmdline.insert_str(I8042_CMDLINE).map_err(LoadError::from)?;
-        attach_console(&mut setup, &config.console, &mut cmdline)?;
-        let timer: SharedBusDevice =
-            Arc::new(Mutex::new(BootTimer::new(start, boot_times.clone())));
+        let saved_serial = restore
+            .as_ref()
+            .and_then(|(_, state)| state.serial.as_ref());
+        attach_console(&mut setup, &config.console, &mut cmdline, saved_serial)?;
+        let snapshot_requests = config.snapshot_to.as_ref().map(|_| stop.clone());
+        let timer: SharedBusDevice = Arc::new(Mutex::new(BootTimer::new(
+            start,
+            boot_times.clone(),
+            snapshot_requests,
+        )));
         setup
             .mmio
             .insert(timer, BOOT_TIMER_ADDRESS, MMIO_DEVICE_SIZE)?;
+        let mut disk_sectors = Vec::with_capacity(config.disks.len());
         for disk in &config.disks {
             let block = Block::new(&disk.path, disk.read_only)?;
+            disk_sectors.push(block.sectors());
             setup.add_virtio(Arc::new(Mutex::new(block)), "virtio-blk")?;
         }
         if let Some(vsock) = &config.vsock {
@@ -262,47 +359,39 @@ impl Vmm {
         }
 
         phases.mark("devices");
-        let kernel = loader::load_kernel(&mem, &config.kernel)?;
-        let initrd = config
-            .initrd
-            .as_deref()
-            .map(|path| loader::load_initrd(&mem, path, &kernel))
-            .transpose()?;
-        let cmdline_size = loader::load_command_line(&mem, &cmdline)?;
-        configure_system(
-            &mem,
-            &BootInfo {
-                protocol: kernel.protocol,
-                setup_header: kernel.setup_header,
-                cmdline_address: CMDLINE_START,
-                cmdline_size,
-                initrd,
-                cpus: config.vcpus,
-            },
-        )?;
-        tracing::debug!(
-            "vmm: kernel entry {:#x} ({:?}), command line: {}",
-            kernel.entry,
-            kernel.protocol,
-            cmdline
-                .as_cstring()
-                .map(|c| c.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        );
-
-        phases.mark("kernel");
+        let resets_by_triple_fault = match &restore {
+            Some((_, state)) => state.resets_by_triple_fault,
+            None => vcpu::resets_by_triple_fault(&config.cmdline),
+        };
+        let mut config_changed = Vec::new();
+        let guest_start = match &restore {
+            Some((dir, state)) => {
+                config_changed = restore_devices(dir, state, &setup, &disk_sectors)?;
+                snapshot::load_memory(dir, &mem)?;
+                vm.restore_state(&state.vm)?;
+                phases.mark("snapshot");
+                GuestStart::Restore(state)
+            }
+            None => {
+                let boot = load_guest(&config, &mem, &cmdline, resets_by_triple_fault)?;
+                phases.mark("kernel");
+                GuestStart::Boot(boot)
+            }
+        };
         let pio = Arc::new(setup.pio);
         let mmio = Arc::new(setup.mmio);
-        let boot = VcpuBoot {
-            entry: kernel.entry,
-            protocol: kernel.protocol,
-            count: config.vcpus,
-            resets_by_triple_fault: vcpu::resets_by_triple_fault(&config.cmdline),
-        };
         let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
         for index in 0..config.vcpus {
             let mut vcpu = Vcpu::new(&vm, index, pio.clone(), mmio.clone(), stop.clone())?;
-            vcpu.configure(&vm, &mem, boot)?;
+            match &guest_start {
+                GuestStart::Boot(boot) => vcpu.configure(&vm, &mem, *boot)?,
+                GuestStart::Restore(state) => vcpu.restore_state(
+                    &vm,
+                    &state.vcpus[usize::from(index)],
+                    config.vcpus,
+                    resets_by_triple_fault,
+                )?,
+            }
             vcpus.push(vcpu);
         }
 
@@ -330,8 +419,17 @@ impl Vmm {
             stop,
             boot_times,
             filters,
-            _vm: vm,
-            _mem: mem,
+            snapshot: SnapshotSupport {
+                to: config.snapshot_to,
+                layout,
+                disk_sectors,
+                resets_by_triple_fault,
+                transports: setup.transports,
+                serial: setup.serial,
+                config_changed,
+            },
+            vm,
+            mem,
         })
     }
 
@@ -357,9 +455,13 @@ impl Vmm {
             stop,
             boot_times,
             filters,
-            _vm,
-            _mem,
+            snapshot,
+            vm,
+            mem,
         } = self;
+        for transport in &snapshot.config_changed {
+            lock(transport).signal_config_change();
+        }
         let spawn_error = resource("a VMM thread");
         let mut vcpu_threads: Vec<JoinHandle<Vcpu>> = Vec::with_capacity(vcpus.len());
         for vcpu in vcpus {
@@ -430,10 +532,19 @@ impl Vmm {
         if devices.is_err() {
             stop.stop(StopCause::Error("the device event loop panicked".into()));
         }
-        join_vcpus(vcpu_threads);
+        let vcpus = join_vcpus(vcpu_threads);
         drop(devices);
+        let cause = stop.cause();
+        if cause == Some(StopCause::Exit(ExitReason::Snapshotted)) {
+            let Some(dir) = snapshot.to.as_deref() else {
+                return Err(VmmError::Runtime(
+                    "a snapshot was requested but no snapshot directory is configured".into(),
+                ));
+            };
+            snapshot.write(dir, &vm, &mem, &vcpus)?;
+        }
         let run_time = start.elapsed();
-        match stop.cause() {
+        match cause {
             Some(StopCause::Exit(reason)) => Ok(VmExit {
                 reason,
                 boot_time: boot_times.first().map(|mark| mark.since_start),
@@ -446,6 +557,14 @@ impl Vmm {
             )),
         }
     }
+}
+
+/// How the vCPUs of a new VM start.
+enum GuestStart<'a> {
+    /// At the kernel's entry point.
+    Boot(VcpuBoot),
+    /// Where the snapshot left them.
+    Restore(&'a SnapshotState),
 }
 
 /// Times the steps of [`Vmm::build`] for the debug log.
@@ -478,8 +597,9 @@ impl Phases {
     }
 }
 
-/// Kicks every vCPU thread out of KVM_RUN until all have returned.
-fn join_vcpus(threads: Vec<JoinHandle<Vcpu>>) {
+/// Kicks every vCPU thread out of KVM_RUN until all have returned; returns the vCPUs whose
+/// threads ended cleanly.
+fn join_vcpus(threads: Vec<JoinHandle<Vcpu>>) -> Vec<Vcpu> {
     let signal = vcpu::kick_signal();
     while threads.iter().any(|t| !t.is_finished()) {
         for thread in threads.iter().filter(|t| !t.is_finished()) {
@@ -487,9 +607,90 @@ fn join_vcpus(threads: Vec<JoinHandle<Vcpu>>) {
         }
         std::thread::sleep(Duration::from_micros(200));
     }
-    for thread in threads {
-        let _ = thread.join();
+    threads
+        .into_iter()
+        .filter_map(|thread| thread.join().ok())
+        .collect()
+}
+
+/// Loads the kernel, initrd and command line and writes the boot structures; returns how
+/// the vCPUs start.
+fn load_guest(
+    config: &VmConfig,
+    mem: &GuestMemory,
+    cmdline: &Cmdline,
+    resets_by_triple_fault: bool,
+) -> Result<VcpuBoot, VmmError> {
+    let kernel = loader::load_kernel(mem, &config.kernel)?;
+    let initrd = config
+        .initrd
+        .as_deref()
+        .map(|path| loader::load_initrd(mem, path, &kernel))
+        .transpose()?;
+    let cmdline_size = loader::load_command_line(mem, cmdline)?;
+    configure_system(
+        mem,
+        &BootInfo {
+            protocol: kernel.protocol,
+            setup_header: kernel.setup_header,
+            cmdline_address: CMDLINE_START,
+            cmdline_size,
+            initrd,
+            cpus: config.vcpus,
+        },
+    )?;
+    tracing::debug!(
+        "vmm: kernel entry {:#x} ({:?}), command line: {}",
+        kernel.entry,
+        kernel.protocol,
+        cmdline
+            .as_cstring()
+            .map(|c| c.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    );
+    Ok(VcpuBoot {
+        entry: kernel.entry,
+        protocol: kernel.protocol,
+        count: config.vcpus,
+        resets_by_triple_fault,
+    })
+}
+
+/// Puts the freshly built virtio devices in their saved state; returns the transports
+/// whose disk changed size since the snapshot and whose driver must hear about it.
+fn restore_devices(
+    dir: &Path,
+    state: &SnapshotState,
+    setup: &DeviceSetup<'_>,
+    disk_sectors: &[u64],
+) -> Result<Vec<Arc<Mutex<MmioTransport>>>, VmmError> {
+    let fail = |message: String| VmmError::Snapshot {
+        path: dir.to_path_buf(),
+        message: format!("{message}; remove the snapshot directory to rebuild it"),
+    };
+    if state.transports.len() != setup.transports.len()
+        || state.disk_sectors.len() != disk_sectors.len()
+    {
+        return Err(fail(format!(
+            "it holds {} virtio devices and {} disks, this VM has {} and {}",
+            state.transports.len(),
+            state.disk_sectors.len(),
+            setup.transports.len(),
+            disk_sectors.len()
+        )));
     }
+    for (transport, saved) in setup.transports.iter().zip(&state.transports) {
+        lock(transport).restore(saved).map_err(fail)?;
+    }
+    // Disks come first among the virtio devices.
+    let resized = disk_sectors
+        .iter()
+        .zip(&state.disk_sectors)
+        .zip(&setup.transports)
+        .filter(|((now, then), transport)| now != then && lock(transport).driver_ok())
+        .map(|(_, transport)| transport.clone())
+        .collect();
+    Ok(resized)
 }
 
 /// Adds the serial console when asked for, and points the kernel at it (or tells the kernel
@@ -498,6 +699,7 @@ fn attach_console(
     setup: &mut DeviceSetup<'_>,
     console: &ConsoleConfig,
     cmdline: &mut Cmdline,
+    saved: Option<&SerialSnapshot>,
 ) -> Result<(), VmmError> {
     let has_console_arg = cmdline
         .as_cstring()
@@ -537,10 +739,19 @@ fn attach_console(
             what: "the serial interrupt".into(),
             source,
         })?;
-    let serial = Arc::new(Mutex::new(SerialConsole::new(interrupt, output)));
+    let serial = match saved {
+        Some(state) => {
+            SerialConsole::from_snapshot(interrupt, output, state).map_err(|message| {
+                VmmError::Config(format!("cannot restore the console: {message}"))
+            })?
+        }
+        None => SerialConsole::new(interrupt, output),
+    };
+    let serial = Arc::new(Mutex::new(serial));
     setup
         .pio
         .insert(serial.clone(), SERIAL_PORT_BASE, SERIAL_PORT_LEN)?;
+    setup.serial = Some(serial.clone());
     if *console == ConsoleConfig::Stdio {
         let input: OwnedFd = std::io::stdin()
             .as_fd()

@@ -65,6 +65,12 @@ pub struct VmConfig {
     pub kvm_device: PathBuf,
     /// How guest RAM is backed.
     pub memory_backing: MemoryBacking,
+    /// Directory the VM snapshots itself into when the guest asks (see
+    /// [`crate::devices::legacy::SNAPSHOT_MAGIC`]).
+    pub snapshot_to: Option<PathBuf>,
+    /// Restore this snapshot directory instead of loading the kernel (kernel, initrd and
+    /// cmdline are then ignored: they are in the snapshot's memory).
+    pub restore_from: Option<PathBuf>,
 }
 
 impl VmConfig {
@@ -82,6 +88,8 @@ impl VmConfig {
             seccomp: true,
             kvm_device: PathBuf::from("/dev/kvm"),
             memory_backing: MemoryBacking::Auto,
+            snapshot_to: None,
+            restore_from: None,
         }
     }
 }

@@ -16,6 +16,9 @@ pub enum ExitReason {
     Halt,
     /// The VMM was asked to stop by its owner ([`crate::VmHandle::stop`]).
     Stopped,
+    /// The guest asked for a snapshot and it was written to
+    /// [`crate::VmConfig::snapshot_to`]; the VM stopped.
+    Snapshotted,
 }
 
 /// The result of a VM run.

@@ -28,6 +28,7 @@ pub mod exit;
 pub mod guest_image;
 pub mod loader;
 pub mod seccomp;
+pub mod snapshot;
 pub mod vstate;
 
 #[cfg(test)]

@@ -185,13 +185,14 @@ fn unclaimed_mmio_and_ports_read_as_ones() {
     assert_eq!(guest.console(), "M");
 }
 
-#[test]
-fn virtio_mmio_negotiation_and_a_block_read() {
-    let guest = Guest::new(
-        r#"
+/// A polling virtio-blk driver for the first virtio-mmio slot: `blk_setup` negotiates and
+/// starts the device (checking the identification registers), `blk_read_first s, "TEXT"`
+/// reads sector `s` as the queue's first request and checks that it starts with TEXT.
+const BLK_DRIVER: &str = r#"
 DESC  equ 0x300000
 AVAIL equ 0x301000
 USED  equ 0x302000
+%macro blk_setup 0
     mov rbx, 0xd0001000
     step
     cmp dword [rbx], 0x74726976      ; magic "virt"
@@ -233,13 +234,12 @@ USED  equ 0x302000
     step
     test dword [rbx + 0x70], 0x40    ; no DEVICE_NEEDS_RESET
     jnz fail
-    step
-    cmp qword [rbx + 0x100], 2       ; capacity: 2 sectors
-    jne fail
-    ; A read of sector 1: header, 512-byte buffer, status byte.
+%endmacro
+%macro blk_read_first 2
+    ; A read of sector %1: header, 512-byte buffer, status byte.
     mov dword [0x310000], 0
     mov dword [0x310004], 0
-    mov qword [0x310008], 1
+    mov qword [0x310008], %1
     mov qword [DESC], 0x310000
     mov dword [DESC + 8], 16
     mov word [DESC + 12], 1
@@ -260,35 +260,54 @@ USED  equ 0x302000
     mov dword [rbx + 0x50], 0        ; notify (caught by the ioeventfd)
     step
     mov rcx, 0x40000000
-.wait:
+%%wait:
     cmp word [USED + 2], 1
-    je .done
+    je %%done
     pause
     dec rcx
-    jnz .wait
+    jnz %%wait
     jmp fail
-.done:
+%%done:
     step
     cmp byte [0x312000], 0            ; VIRTIO_BLK_S_OK
     jne fail
     step
-    mov rax, 'SECTOR-1'
+    mov rax, %2
     cmp [0x311000], rax
     jne fail
     step
     cmp dword [USED + 8], 513         ; used length: data + status
     jne fail
+%endmacro
+"#;
+
+/// A raw disk image of `sectors` sectors, each starting with `SECTOR-<n>`.
+fn disk_image(path: &std::path::Path, sectors: usize) -> PathBuf {
+    let mut image = vec![0u8; sectors * 512];
+    for (index, sector) in image.chunks_mut(512).enumerate() {
+        let label = format!("SECTOR-{index}");
+        sector[..label.len()].copy_from_slice(label.as_bytes());
+    }
+    std::fs::write(path, &image).unwrap();
+    path.to_path_buf()
+}
+
+#[test]
+fn virtio_mmio_negotiation_and_a_block_read() {
+    let guest = Guest::new(&format!(
+        r#"{BLK_DRIVER}
+    blk_setup
+    step
+    cmp qword [rbx + 0x100], 2       ; capacity: 2 sectors
+    jne fail
+    blk_read_first 1, 'SECTOR-1'
     putc 'B'
     reset
-"#,
-    );
-    let disk = guest.dir.path().join("disk.img");
-    let mut image = vec![0u8; 1024];
-    image[512..520].copy_from_slice(b"SECTOR-1");
-    std::fs::write(&disk, &image).unwrap();
+"#
+    ));
     let mut config = guest.config();
     config.disks.push(DiskConfig {
-        path: disk,
+        path: disk_image(&guest.dir.path().join("disk.img"), 2),
         read_only: true,
     });
     let exit = run(config).unwrap();
@@ -365,4 +384,196 @@ fn bad_configurations_fail_before_running() {
         read_only: false,
     });
     assert!(matches!(run(config), Err(VmmError::Block(_))));
+}
+
+/// Counts to 100000 in a register and in memory, keeps a value and the TSC, asks for a
+/// snapshot, then prints 'R' and checks that everything is intact ('K').
+const COUNTING_GUEST: &str = r#"
+    xor rbx, rbx
+.count:
+    inc rbx
+    mov [0x300000], rbx
+    cmp rbx, 100000
+    jne .count
+    mov r12, 0x1122334455667788
+    rdtsc
+    shl rdx, 32
+    or rax, rdx
+    mov r13, rax
+    putc 'S'
+    mov rax, 0xd0000000
+    mov byte [rax], 0x73        ; ask for a snapshot
+    putc 'R'
+    step
+    cmp rbx, 100000
+    jne fail
+    step
+    cmp qword [0x300000], 100000
+    jne fail
+    step
+    mov rax, 0x1122334455667788
+    cmp r12, rax
+    jne fail
+    step
+    rdtsc                       ; the TSC goes on from where it was
+    shl rdx, 32
+    or rax, rdx
+    cmp rax, r13
+    jb fail
+    putc 'K'
+    reset
+"#;
+
+/// A snapshot directory inside the guest's temporary directory.
+fn snapshot_dir(guest: &Guest) -> PathBuf {
+    guest.dir.path().join("snapshot")
+}
+
+/// A configuration that restores `guest`'s snapshot, with its console in `console`.
+fn restore_config(guest: &Guest, console: &str) -> (VmConfig, PathBuf) {
+    let mut config = guest.config();
+    // The kernel is in the snapshot's memory: the path is not even opened.
+    config.kernel = guest.dir.path().join("no-such-kernel");
+    config.restore_from = Some(snapshot_dir(guest));
+    let console = guest.dir.path().join(console);
+    config.console = ConsoleConfig::File(console.clone());
+    (config, console)
+}
+
+#[test]
+fn a_snapshotted_guest_resumes_with_its_state_intact() {
+    let guest = Guest::new(COUNTING_GUEST);
+    let mut config = guest.config();
+    config.vcpus = 2;
+    config.snapshot_to = Some(snapshot_dir(&guest));
+    let exit = run(config).unwrap();
+    assert_eq!(exit.reason, ExitReason::Snapshotted);
+    assert_eq!(guest.console(), "S", "the guest stopped at its request");
+    let dir = snapshot_dir(&guest);
+    assert!(dir.join(vmm::snapshot::COMPLETE_MARKER).exists());
+    let memory = std::fs::metadata(dir.join(vmm::snapshot::MEMORY_FILE)).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(memory.len(), 64 << 20);
+    assert!(
+        memory.blocks() * 512 < 1 << 20,
+        "guest RAM is saved sparse: {} bytes allocated",
+        memory.blocks() * 512
+    );
+
+    // Restored twice: a snapshot is a template.
+    for round in 0..2 {
+        let (mut config, console) = restore_config(&guest, &format!("restored-{round}.out"));
+        config.vcpus = 2;
+        let vmm = Vmm::build(config).unwrap();
+        let times = vmm.boot_times();
+        let exit = vmm.run().unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&console).unwrap(),
+            "RK",
+            "a letter after R names the failed check"
+        );
+        assert_eq!(exit.reason, ExitReason::Reboot);
+        assert!(
+            times.entered().is_some(),
+            "the first guest entry is recorded"
+        );
+    }
+}
+
+#[test]
+fn without_a_snapshot_directory_the_request_is_ignored() {
+    let guest = Guest::new(COUNTING_GUEST);
+    let exit = run(guest.config()).unwrap();
+    assert_eq!(exit.reason, ExitReason::Reboot);
+    assert_eq!(guest.console(), "SRK");
+    assert!(!snapshot_dir(&guest).exists());
+}
+
+#[test]
+fn a_snapshot_restores_only_into_the_same_layout() {
+    let guest = Guest::new(COUNTING_GUEST);
+    let (config, _) = restore_config(&guest, "never.out");
+    let error = run(config).unwrap_err().to_string();
+    assert!(
+        error.contains("not a complete snapshot")
+            && error.contains("remove the snapshot directory"),
+        "{error}"
+    );
+
+    let mut config = guest.config();
+    config.snapshot_to = Some(snapshot_dir(&guest));
+    assert_eq!(run(config).unwrap().reason, ExitReason::Snapshotted);
+    let (mut config, _) = restore_config(&guest, "never.out");
+    config.mem_size = 128 << 20;
+    config.vcpus = 2;
+    let error = run(config).unwrap_err();
+    assert!(matches!(error, VmmError::Snapshot { .. }), "{error}");
+    let message = error.to_string();
+    for part in [
+        "guest RAM is 64 MiB in the snapshot, 128 MiB in this VM",
+        "1 vCPUs in the snapshot, 2 in this VM",
+        "remove the snapshot directory to rebuild it",
+    ] {
+        assert!(message.contains(part), "{message}");
+    }
+}
+
+#[test]
+fn a_restored_disk_of_another_size_signals_a_config_change() {
+    let guest = Guest::new(&format!(
+        r#"{BLK_DRIVER}
+    blk_setup
+    step
+    cmp qword [rbx + 0x100], 2       ; the template's disk: 2 sectors
+    jne fail
+    mov r13d, [rbx + 0xfc]           ; config generation
+    putc 'S'
+    mov rax, 0xd0000000
+    mov byte [rax], 0x73             ; ask for a snapshot
+    putc 'R'
+    step
+    mov rcx, 0x100000                ; raised before the vCPUs ran: no long wait
+.wait_config:
+    test dword [rbx + 0x60], 2       ; config-change interrupt status
+    jnz .changed
+    pause
+    dec rcx
+    jnz .wait_config
+    jmp fail
+.changed:
+    mov dword [rbx + 0x64], 2        ; acknowledge
+    step
+    inc r13d
+    cmp [rbx + 0xfc], r13d           ; a new config generation
+    jne fail
+    step
+    cmp qword [rbx + 0x100], 8       ; the new disk's capacity
+    jne fail
+    blk_read_first 5, 'SECTOR-5'     ; the restored queue serves the new disk
+    putc 'K'
+    reset
+"#
+    ));
+    let mut config = guest.config();
+    config.snapshot_to = Some(snapshot_dir(&guest));
+    config.disks.push(DiskConfig {
+        path: disk_image(&guest.dir.path().join("template.img"), 2),
+        read_only: false,
+    });
+    let exit = run(config).unwrap();
+    assert_eq!(guest.console(), "S", "a letter names the failed check");
+    assert_eq!(exit.reason, ExitReason::Snapshotted);
+
+    let (mut config, console) = restore_config(&guest, "restored.out");
+    config.disks.push(DiskConfig {
+        path: disk_image(&guest.dir.path().join("image.img"), 8),
+        read_only: false,
+    });
+    let exit = run(config).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&console).unwrap(),
+        "RK",
+        "a letter after R names the failed check"
+    );
+    assert_eq!(exit.reason, ExitReason::Reboot);
 }

@@ -6,9 +6,12 @@ use std::sync::Arc;
 use std::sync::Once;
 
 use kvm_bindings::{
-    KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN, kvm_run,
+    KVM_MAX_MSR_ENTRIES, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+    Msrs, kvm_debugregs, kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_regs, kvm_run,
+    kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd};
+use serde::{Deserialize, Serialize};
 
 use crate::arch::x86_64::regs::TripleFault;
 use crate::arch::x86_64::{BootProtocol, cpuid, interrupts, regs};
@@ -56,6 +59,16 @@ pub enum VcpuError {
         #[source]
         source: kvm_ioctls::Error,
     },
+    /// Saving or restoring the vCPU's state for a snapshot failed.
+    #[error("cannot {what} of vCPU {index}: {message}")]
+    State {
+        /// vCPU index.
+        index: u8,
+        /// The operation, e.g. "save the registers".
+        what: &'static str,
+        /// What went wrong.
+        message: String,
+    },
     /// The kick signal handler could not be installed.
     #[error("cannot install the vCPU kick signal handler: {0}")]
     Signal(#[source] vmm_sys_util::errno::Error),
@@ -95,6 +108,35 @@ pub fn install_kick_handler() -> Result<(), VcpuError> {
     result
 }
 
+/// MSR_IA32_TSC: restored before the TSC deadline, which is relative to it.
+const MSR_IA32_TSC: u32 = 0x10;
+/// MSR_IA32_TSC_DEADLINE.
+const MSR_IA32_TSC_DEADLINE: u32 = 0x6e0;
+
+/// Everything a snapshot holds of one vCPU.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct VcpuState {
+    mp_state: kvm_mp_state,
+    regs: kvm_regs,
+    sregs: kvm_sregs,
+    xsave: kvm_xsave,
+    xcrs: kvm_xcrs,
+    debugregs: kvm_debugregs,
+    lapic: kvm_lapic_state,
+    msrs: Vec<kvm_msr_entry>,
+    vcpu_events: kvm_vcpu_events,
+}
+
+/// Orders MSRs for restoring: everything else, then MSR_IA32_TSC, then
+/// MSR_IA32_TSC_DEADLINE (KVM interprets the deadline against the current TSC).
+fn restore_order(msrs: &mut [kvm_msr_entry]) {
+    msrs.sort_by_key(|entry| match entry.index {
+        MSR_IA32_TSC => 1,
+        MSR_IA32_TSC_DEADLINE => 2,
+        _ => 0,
+    });
+}
+
 /// One vCPU and what its exits are dispatched to.
 pub struct Vcpu {
     index: u8,
@@ -104,6 +146,8 @@ pub struct Vcpu {
     stop: Arc<StopSignal>,
     /// The guest was told to reset by triple fault (`reboot=t`).
     resets_by_triple_fault: bool,
+    /// Why the vCPU could not be brought to a consistent state for a snapshot, if so.
+    settle_error: Option<String>,
 }
 
 impl std::fmt::Debug for Vcpu {
@@ -159,7 +203,161 @@ impl Vcpu {
             mmio_bus,
             stop,
             resets_by_triple_fault: false,
+            settle_error: None,
         })
+    }
+
+    /// Sets the vCPU's CPUID: KVM's supported leaves normalized for this vCPU among `count`.
+    fn set_cpuid(&self, vm: &Vm, count: u8) -> Result<(), VcpuError> {
+        let index = self.index;
+        let mut cpuid = vm.supported_cpuid().clone();
+        cpuid::normalize(&mut cpuid, index, count);
+        self.fd
+            .set_cpuid2(&cpuid)
+            .map_err(|source| VcpuError::Cpuid { index, source })
+    }
+
+    fn state_error<E: std::fmt::Display>(&self, what: &'static str) -> impl Fn(E) -> VcpuError {
+        let index = self.index;
+        move |message| VcpuError::State {
+            index,
+            what,
+            message: message.to_string(),
+        }
+    }
+
+    /// Reads the vCPU's state for a snapshot. The vCPU must have stopped through a
+    /// snapshot request (its run loop then re-entered KVM once to complete the last exit).
+    pub fn save_state(&self, msr_indices: &[u32]) -> Result<VcpuState, VcpuError> {
+        if let Some(message) = &self.settle_error {
+            return Err(self.state_error("pause")(message));
+        }
+        Ok(VcpuState {
+            mp_state: self
+                .fd
+                .get_mp_state()
+                .map_err(self.state_error("save the MP state"))?,
+            regs: self
+                .fd
+                .get_regs()
+                .map_err(self.state_error("save the registers"))?,
+            sregs: self
+                .fd
+                .get_sregs()
+                .map_err(self.state_error("save the special registers"))?,
+            xsave: self
+                .fd
+                .get_xsave()
+                .map_err(self.state_error("save the XSAVE area"))?,
+            xcrs: self
+                .fd
+                .get_xcrs()
+                .map_err(self.state_error("save the XCRs"))?,
+            debugregs: self
+                .fd
+                .get_debug_regs()
+                .map_err(self.state_error("save the debug registers"))?,
+            lapic: self
+                .fd
+                .get_lapic()
+                .map_err(self.state_error("save the local APIC"))?,
+            msrs: self.save_msrs(msr_indices)?,
+            vcpu_events: self
+                .fd
+                .get_vcpu_events()
+                .map_err(self.state_error("save the pending events"))?,
+        })
+    }
+
+    /// Reads every MSR of `indices` that KVM can read for this vCPU (KVM_GET_MSRS stops at
+    /// the first one it cannot read; that one is skipped).
+    fn save_msrs(&self, indices: &[u32]) -> Result<Vec<kvm_msr_entry>, VcpuError> {
+        let error = self.state_error::<String>("save the MSRs");
+        let mut saved = Vec::with_capacity(indices.len());
+        let mut rest = indices;
+        while !rest.is_empty() {
+            let chunk = &rest[..rest.len().min(KVM_MAX_MSR_ENTRIES)];
+            let entries: Vec<kvm_msr_entry> = chunk
+                .iter()
+                .map(|&index| kvm_msr_entry {
+                    index,
+                    ..Default::default()
+                })
+                .collect();
+            let mut msrs = Msrs::from_entries(&entries).map_err(|e| error(format!("{e:?}")))?;
+            let read = self
+                .fd
+                .get_msrs(&mut msrs)
+                .map_err(|e| error(e.to_string()))?;
+            saved.extend_from_slice(&msrs.as_slice()[..read]);
+            if read < chunk.len() {
+                tracing::debug!(
+                    "vcpu{}: MSR {:#x} does not read back; not saved",
+                    self.index,
+                    chunk[read]
+                );
+            }
+            rest = &rest[(read + 1).min(chunk.len())..];
+        }
+        Ok(saved)
+    }
+
+    /// Puts a new vCPU of a restored VM in a saved state, in Firecracker's order. The
+    /// VM's irqchip must exist; CPUID is derived as at boot (the snapshot is only used on
+    /// the host that made it). `resets_by_triple_fault` is as in [`VcpuBoot`].
+    pub fn restore_state(
+        &mut self,
+        vm: &Vm,
+        state: &VcpuState,
+        count: u8,
+        resets_by_triple_fault: bool,
+    ) -> Result<(), VcpuError> {
+        self.resets_by_triple_fault = resets_by_triple_fault;
+        self.set_cpuid(vm, count)?;
+        self.fd
+            .set_mp_state(state.mp_state)
+            .map_err(self.state_error("restore the MP state"))?;
+        self.fd
+            .set_regs(&state.regs)
+            .map_err(self.state_error("restore the registers"))?;
+        self.fd
+            .set_sregs(&state.sregs)
+            .map_err(self.state_error("restore the special registers"))?;
+        // SAFETY: `state.xsave` is a whole `kvm_xsave` (the legacy 4 KiB area that
+        // KVM_GET_XSAVE filled), so KVM reads no memory beyond it.
+        unsafe { self.fd.set_xsave(&state.xsave) }
+            .map_err(self.state_error("restore the XSAVE area"))?;
+        self.fd
+            .set_xcrs(&state.xcrs)
+            .map_err(self.state_error("restore the XCRs"))?;
+        self.fd
+            .set_debug_regs(&state.debugregs)
+            .map_err(self.state_error("restore the debug registers"))?;
+        self.fd
+            .set_lapic(&state.lapic)
+            .map_err(self.state_error("restore the local APIC"))?;
+        self.restore_msrs(&state.msrs)?;
+        self.fd
+            .set_vcpu_events(&state.vcpu_events)
+            .map_err(self.state_error("restore the pending events"))?;
+        Ok(())
+    }
+
+    fn restore_msrs(&self, saved: &[kvm_msr_entry]) -> Result<(), VcpuError> {
+        let error = self.state_error::<String>("restore the MSRs");
+        let mut ordered = saved.to_vec();
+        restore_order(&mut ordered);
+        for chunk in ordered.chunks(KVM_MAX_MSR_ENTRIES) {
+            let msrs = Msrs::from_entries(chunk).map_err(|e| error(format!("{e:?}")))?;
+            let written = self.fd.set_msrs(&msrs).map_err(|e| error(e.to_string()))?;
+            if written < chunk.len() {
+                return Err(error(format!(
+                    "KVM refused MSR {:#x} (value {:#x})",
+                    chunk[written].index, chunk[written].data
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Sets CPUID, MSRs, FPU, LAPIC and, on the boot vCPU, the entry registers.
@@ -172,11 +370,7 @@ impl Vcpu {
     ) -> Result<(), VcpuError> {
         let index = self.index;
         self.resets_by_triple_fault = boot.resets_by_triple_fault;
-        let mut cpuid = vm.supported_cpuid().clone();
-        cpuid::normalize(&mut cpuid, index, boot.count);
-        self.fd
-            .set_cpuid2(&cpuid)
-            .map_err(|source| VcpuError::Cpuid { index, source })?;
+        self.set_cpuid(vm, boot.count)?;
         let regs_err = |source| VcpuError::Regs { index, source };
         regs::setup_msrs(&self.fd).map_err(regs_err)?;
         if index == 0 {
@@ -202,8 +396,26 @@ impl Vcpu {
                 self.stop.stop(cause);
             }
         }
+        if self.stop.cause() == Some(StopCause::Exit(ExitReason::Snapshotted)) {
+            self.settle();
+        }
         KVM_RUN.with(|cell| cell.set(std::ptr::null_mut()));
         self
+    }
+
+    /// Completes the last exit so the vCPU's state is consistent: KVM finishes an I/O or
+    /// MMIO exit (e.g. advances RIP past the access) only on the next KVM_RUN, so enter
+    /// once more with `immediate_exit` set, which returns before running guest code.
+    fn settle(&mut self) {
+        self.fd.set_kvm_immediate_exit(1);
+        self.settle_error = match self.fd.run() {
+            Err(error) if error.errno() == libc::EINTR => None,
+            Err(error) => Some(format!("KVM_RUN with immediate exit failed: {error}")),
+            Ok(exit) => Some(format!(
+                "KVM_RUN with immediate exit ran the guest: {exit:?}"
+            )),
+        };
+        self.fd.set_kvm_immediate_exit(0);
     }
 
     /// Tells a guest's deliberate reset by triple fault from a crash (`KVM_EXIT_SHUTDOWN`).
@@ -329,5 +541,25 @@ mod tests {
         ] {
             assert_eq!(resets_by_triple_fault(cmdline), triple, "{cmdline}");
         }
+    }
+
+    #[test]
+    fn the_tsc_deadline_is_restored_after_the_tsc() {
+        let entry = |index| kvm_msr_entry {
+            index,
+            ..Default::default()
+        };
+        let mut msrs = vec![
+            entry(MSR_IA32_TSC_DEADLINE),
+            entry(0x174),
+            entry(MSR_IA32_TSC),
+            entry(0xc000_0080),
+        ];
+        restore_order(&mut msrs);
+        let order: Vec<u32> = msrs.iter().map(|e| e.index).collect();
+        assert_eq!(
+            order,
+            [0x174, 0xc000_0080, MSR_IA32_TSC, MSR_IA32_TSC_DEADLINE]
+        );
     }
 }

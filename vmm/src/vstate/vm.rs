@@ -5,10 +5,12 @@ use std::os::fd::FromRawFd;
 use std::path::{Path, PathBuf};
 
 use kvm_bindings::{
-    CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY, kvm_pit_config,
-    kvm_userspace_memory_region,
+    CpuId, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
+    KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY, kvm_clock_data, kvm_irqchip, kvm_pit_config,
+    kvm_pit_state2, kvm_userspace_memory_region,
 };
 use kvm_ioctls::{Cap, Kvm, VmFd};
+use serde::{Deserialize, Serialize};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::arch::x86_64::layout::{KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
@@ -113,11 +115,23 @@ pub fn open_kvm(path: &Path) -> Result<Kvm, VmError> {
     Ok(kvm)
 }
 
+/// The VM-wide state a snapshot holds: the in-kernel interrupt controllers, the PIT and
+/// the KVM clock.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct VmState {
+    pic_master: kvm_irqchip,
+    pic_slave: kvm_irqchip,
+    ioapic: kvm_irqchip,
+    pit: kvm_pit_state2,
+    clock: kvm_clock_data,
+}
+
 /// A KVM VM with its guest memory registered.
 pub struct Vm {
     fd: VmFd,
     supported_cpuid: CpuId,
     max_vcpus: usize,
+    msr_indices: Vec<u32>,
 }
 
 impl std::fmt::Debug for Vm {
@@ -137,11 +151,61 @@ impl Vm {
             &mut supported_cpuid,
             kvm.check_extension(Cap::TscDeadlineTimer),
         );
+        let msr_indices = kvm
+            .get_msr_index_list()
+            .map_err(kvm_err("GET_MSR_INDEX_LIST"))?
+            .as_slice()
+            .to_vec();
         Ok(Self {
             fd,
             supported_cpuid,
             max_vcpus: kvm.get_max_vcpus(),
+            msr_indices,
         })
+    }
+
+    /// The MSRs KVM can save and restore (KVM_GET_MSR_INDEX_LIST), for vCPU snapshots.
+    pub fn msr_indices(&self) -> &[u32] {
+        &self.msr_indices
+    }
+
+    /// Reads the irqchip, PIT and clock state (the vCPUs must be paused).
+    pub fn save_state(&self) -> Result<VmState, VmError> {
+        let chip = |chip_id| -> Result<kvm_irqchip, VmError> {
+            let mut irqchip = kvm_irqchip {
+                chip_id,
+                ..Default::default()
+            };
+            self.fd
+                .get_irqchip(&mut irqchip)
+                .map_err(kvm_err("GET_IRQCHIP"))?;
+            Ok(irqchip)
+        };
+        Ok(VmState {
+            pic_master: chip(KVM_IRQCHIP_PIC_MASTER)?,
+            pic_slave: chip(KVM_IRQCHIP_PIC_SLAVE)?,
+            ioapic: chip(KVM_IRQCHIP_IOAPIC)?,
+            pit: self.fd.get_pit2().map_err(kvm_err("GET_PIT2"))?,
+            clock: self.fd.get_clock().map_err(kvm_err("GET_CLOCK"))?,
+        })
+    }
+
+    /// Restores a saved irqchip, PIT and clock state into this VM (after
+    /// [`Vm::setup_irqchip`], before the vCPUs' state), in Firecracker's order. The guest's
+    /// clock goes on from the saved value: no jump for the time the snapshot lay on disk.
+    pub fn restore_state(&self, state: &VmState) -> Result<(), VmError> {
+        self.fd.set_pit2(&state.pit).map_err(kvm_err("SET_PIT2"))?;
+        let clock = kvm_clock_data {
+            clock: state.clock.clock,
+            // No KVM_CLOCK_REALTIME: KVM would add the time since the snapshot was taken.
+            flags: 0,
+            ..Default::default()
+        };
+        self.fd.set_clock(&clock).map_err(kvm_err("SET_CLOCK"))?;
+        for chip in [&state.pic_master, &state.pic_slave, &state.ioapic] {
+            self.fd.set_irqchip(chip).map_err(kvm_err("SET_IRQCHIP"))?;
+        }
+        Ok(())
     }
 
     /// The KVM VM fd.
@@ -238,5 +302,6 @@ mod tests {
                 .iter()
                 .any(|e| e.function == 1)
         );
+        assert!(vm.msr_indices().contains(&0x10), "MSR_IA32_TSC is saved");
     }
 }

@@ -1,14 +1,19 @@
 //! The boot timer: when the guest writes [`BOOT_TIMER_MAGIC`] to the first byte of the
 //! device window, the VMM records the time since it started (Firecracker's boot timer
-//! protocol; from a guest shell: `devmem 0xd0000000 8 123`).
+//! protocol; from a guest shell: `devmem 0xd0000000 8 123`). Writing [`SNAPSHOT_MAGIC`]
+//! instead asks the VMM to snapshot the VM (when it was configured to) and stop.
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::devices::bus::{BusDevice, lock};
+use crate::exit::{ExitReason, StopCause, StopSignal};
 
 /// The value a guest writes to signal "booted".
 pub const BOOT_TIMER_MAGIC: u8 = 123;
+
+/// The value a guest writes to the boot timer's first byte to ask for a snapshot.
+pub const SNAPSHOT_MAGIC: u8 = 0x73;
 
 /// One boot-timer mark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,12 +70,29 @@ pub fn monotonic_now() -> Duration {
 pub struct BootTimer {
     start: Instant,
     times: Arc<BootTimes>,
+    snapshot: Option<Arc<StopSignal>>,
 }
 
 impl BootTimer {
-    /// A boot timer counting from `start` (the VMM's start).
-    pub fn new(start: Instant, times: Arc<BootTimes>) -> Self {
-        Self { start, times }
+    /// A boot timer counting from `start` (the VMM's start). With `snapshot`, a guest write
+    /// of [`SNAPSHOT_MAGIC`] stops the VM with [`ExitReason::Snapshotted`] (the VMM then
+    /// writes the snapshot); without, that write is ignored.
+    pub fn new(start: Instant, times: Arc<BootTimes>, snapshot: Option<Arc<StopSignal>>) -> Self {
+        Self {
+            start,
+            times,
+            snapshot,
+        }
+    }
+
+    fn request_snapshot(&self) {
+        match &self.snapshot {
+            Some(stop) => {
+                tracing::info!("guest asked for a snapshot: pausing the VM");
+                stop.stop(StopCause::Exit(ExitReason::Snapshotted));
+            }
+            None => tracing::debug!("guest asked for a snapshot, but none was configured"),
+        }
     }
 }
 
@@ -83,8 +105,13 @@ impl BusDevice for BootTimer {
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        if offset != 0 || data.first() != Some(&BOOT_TIMER_MAGIC) {
+        if offset != 0 {
             return;
+        }
+        match data.first() {
+            Some(&BOOT_TIMER_MAGIC) => {}
+            Some(&SNAPSHOT_MAGIC) => return self.request_snapshot(),
+            _ => return,
         }
         let monotonic = monotonic_now();
         let elapsed = self.start.elapsed();
@@ -112,7 +139,7 @@ mod tests {
     fn only_the_magic_at_offset_zero_records_a_mark() {
         let times = Arc::new(BootTimes::default());
         let start = Instant::now();
-        let mut timer = BootTimer::new(start, times.clone());
+        let mut timer = BootTimer::new(start, times.clone(), None);
         timer.write(1, &[BOOT_TIMER_MAGIC]);
         timer.write(0, &[BOOT_TIMER_MAGIC - 1]);
         timer.write(0, &[]);
@@ -127,6 +154,21 @@ mod tests {
         }
         assert_eq!(times.all().len(), MAX_MARKS);
         assert_eq!(times.first(), Some(first));
+    }
+
+    #[test]
+    fn the_snapshot_magic_stops_the_vm_only_when_configured() {
+        let times = Arc::new(BootTimes::default());
+        let stop = Arc::new(StopSignal::new().unwrap());
+        let mut ignoring = BootTimer::new(Instant::now(), times.clone(), None);
+        ignoring.write(0, &[SNAPSHOT_MAGIC]);
+        assert!(!stop.is_stopped());
+        let mut snapshotting = BootTimer::new(Instant::now(), times.clone(), Some(stop.clone()));
+        snapshotting.write(1, &[SNAPSHOT_MAGIC]);
+        assert!(!stop.is_stopped());
+        snapshotting.write(0, &[SNAPSHOT_MAGIC]);
+        assert_eq!(stop.cause(), Some(StopCause::Exit(ExitReason::Snapshotted)));
+        assert_eq!(times.first(), None, "a snapshot request is no boot mark");
     }
 
     #[test]

@@ -5,7 +5,8 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
-use vm_superio::serial::NoEvents;
+use serde::{Deserialize, Serialize};
+use vm_superio::serial::{NoEvents, SerialState};
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -30,6 +31,26 @@ impl Trigger for EventFdTrigger {
 
 type Uart = Serial<EventFdTrigger, NoEvents, Box<dyn Write + Send>>;
 
+/// vm-superio's `SerialState` field by field, for serde's remote derive.
+#[derive(Serialize, Deserialize)]
+#[serde(remote = "SerialState")]
+struct SerialStateDef {
+    baud_divisor_low: u8,
+    baud_divisor_high: u8,
+    interrupt_enable: u8,
+    interrupt_identification: u8,
+    line_control: u8,
+    line_status: u8,
+    modem_control: u8,
+    modem_status: u8,
+    scratch: u8,
+    in_buffer: Vec<u8>,
+}
+
+/// The UART's registers and receive FIFO, as saved in a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SerialSnapshot(#[serde(with = "SerialStateDef")] SerialState);
+
 /// The serial console on the port I/O bus.
 pub struct SerialConsole {
     uart: Uart,
@@ -41,6 +62,23 @@ impl SerialConsole {
         Self {
             uart: Serial::new(EventFdTrigger(interrupt), output),
         }
+    }
+
+    /// A UART in a saved state (registers and pending input), as [`SerialConsole::new`]
+    /// otherwise. Fails on a state whose receive FIFO overflows.
+    pub fn from_snapshot(
+        interrupt: EventFd,
+        output: Box<dyn Write + Send>,
+        snapshot: &SerialSnapshot,
+    ) -> Result<Self, String> {
+        Serial::from_state(&snapshot.0, EventFdTrigger(interrupt), NoEvents, output)
+            .map(|uart| Self { uart })
+            .map_err(|error| format!("invalid serial port state: {error:?}"))
+    }
+
+    /// The UART's state for a snapshot.
+    pub fn snapshot(&self) -> SerialSnapshot {
+        SerialSnapshot(self.uart.state())
     }
 
     /// Queues host input for the guest; returns how many bytes fit in the receive FIFO.
@@ -169,5 +207,41 @@ mod tests {
         serial.read(0, &mut wide);
         assert_eq!(wide, [0xff, 0xff]);
         serial.write(9, &[1]);
+    }
+
+    #[test]
+    fn state_survives_a_snapshot_round_trip() {
+        let interrupt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut serial =
+            SerialConsole::new(interrupt.try_clone().unwrap(), Box::new(Sink::default()));
+        serial.write(3, &[0x80]); // DLAB
+        serial.write(0, &[0x0c]); // baud divisor
+        serial.write(3, &[0x03]); // 8N1
+        serial.write(7, &[0x5a]); // scratch
+        serial.enqueue_input(b"ab");
+        let saved = serial.snapshot();
+        let json = serde_json::to_string(&saved).unwrap();
+        let loaded: SerialSnapshot = serde_json::from_str(&json).unwrap();
+        let mut restored =
+            SerialConsole::from_snapshot(interrupt, Box::new(Sink::default()), &loaded).unwrap();
+        assert_eq!(restored.snapshot(), saved);
+        let mut byte = [0u8];
+        restored.read(7, &mut byte);
+        assert_eq!(byte, [0x5a]);
+        restored.read(0, &mut byte);
+        assert_eq!(byte, *b"a");
+
+        let overfull = SerialSnapshot(SerialState {
+            in_buffer: vec![0; 4096],
+            ..SerialState::default()
+        });
+        let error = SerialConsole::from_snapshot(
+            EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            Box::new(Sink::default()),
+            &overfull,
+        )
+        .err()
+        .unwrap();
+        assert!(error.contains("serial"), "{error}");
     }
 }

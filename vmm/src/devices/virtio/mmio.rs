@@ -7,7 +7,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use virtio_queue::{Queue, QueueT};
+use serde::{Deserialize, Serialize};
+use virtio_queue::{Queue, QueueState, QueueT};
 
 use super::{VIRTIO_F_VERSION_1, VIRTIO_MMIO_INT_CONFIG, VirtioDevice};
 use crate::devices::bus::{BusDevice, lock};
@@ -34,17 +35,52 @@ pub mod status {
     pub const FAILED: u32 = 0x80;
 }
 
-/// A virtio device's MMIO register window.
-pub struct MmioTransport {
-    device: Arc<Mutex<dyn VirtioDevice>>,
-    mem: GuestMemory,
-    queues: Vec<Queue>,
+/// virtio-queue's `QueueState` field by field, for serde's remote derive.
+#[derive(Serialize, Deserialize)]
+#[serde(remote = "QueueState")]
+struct QueueStateDef {
+    max_size: u16,
+    next_avail: u16,
+    next_used: u16,
+    event_idx_enabled: bool,
+    size: u16,
+    ready: bool,
+    desc_table: u64,
+    avail_ring: u64,
+    used_ring: u64,
+}
+
+/// One virtqueue as saved in a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueSnapshot(#[serde(with = "QueueStateDef")] QueueState);
+
+/// A virtio-mmio transport and its device's queues as saved in a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransportSnapshot {
+    device_type: u32,
+    registers: Registers,
+    interrupt_status: u32,
+    activated: bool,
+    queues: Vec<QueueSnapshot>,
+}
+
+/// The transport's own registers (the device and its queues hold the rest).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Registers {
     device_features_select: u32,
     driver_features_select: u32,
     driver_features: u64,
     queue_select: u32,
     device_status: u32,
     config_generation: u32,
+}
+
+/// A virtio device's MMIO register window.
+pub struct MmioTransport {
+    device: Arc<Mutex<dyn VirtioDevice>>,
+    mem: GuestMemory,
+    queues: Vec<Queue>,
+    registers: Registers,
 }
 
 impl MmioTransport {
@@ -55,29 +91,24 @@ impl MmioTransport {
             device,
             mem,
             queues,
-            device_features_select: 0,
-            driver_features_select: 0,
-            driver_features: 0,
-            queue_select: 0,
-            device_status: 0,
-            config_generation: 0,
+            registers: Registers::default(),
         }
     }
 
     /// The device status register.
     pub fn device_status(&self) -> u32 {
-        self.device_status
+        self.registers.device_status
     }
 
     fn selected_queue(&mut self) -> Option<&mut Queue> {
-        self.queues.get_mut(self.queue_select as usize)
+        self.queues.get_mut(self.registers.queue_select as usize)
     }
 
     /// Queue registers may only change while the driver is setting the device up.
     fn queue_config_allowed(&self) -> bool {
-        self.device_status & (status::FEATURES_OK | status::DRIVER_OK | status::FAILED)
+        self.registers.device_status & (status::FEATURES_OK | status::DRIVER_OK | status::FAILED)
             == status::FEATURES_OK
-            && self.device_status & status::DRIVER != 0
+            && self.registers.device_status & status::DRIVER != 0
     }
 
     fn reset(&mut self) {
@@ -86,20 +117,108 @@ impl MmioTransport {
         device.interrupt().acknowledge(u32::MAX);
         self.queues = fresh_queues(&*device);
         drop(device);
-        self.device_features_select = 0;
-        self.driver_features_select = 0;
-        self.driver_features = 0;
-        self.queue_select = 0;
-        self.device_status = 0;
+        // Everything but the config generation, which only ever moves forward.
+        self.registers = Registers {
+            config_generation: self.registers.config_generation,
+            ..Registers::default()
+        };
     }
 
     fn fail(&mut self, why: &str) {
         tracing::warn!("virtio-mmio: device needs reset: {why}");
-        self.device_status |= status::DEVICE_NEEDS_RESET;
-        self.config_generation = self.config_generation.wrapping_add(1);
+        self.registers.device_status |= status::DEVICE_NEEDS_RESET;
+        self.signal_config_change();
+    }
+
+    /// Tells the driver that the device configuration changed (e.g. a disk's capacity):
+    /// a new config generation and the config-change interrupt, on which Linux re-reads
+    /// the configuration space.
+    pub fn signal_config_change(&mut self) {
+        self.registers.config_generation = self.registers.config_generation.wrapping_add(1);
         lock(&self.device)
             .interrupt()
             .trigger(VIRTIO_MMIO_INT_CONFIG);
+    }
+
+    /// Whether the driver has started the device (DRIVER_OK).
+    pub fn driver_ok(&self) -> bool {
+        self.registers.device_status & status::DRIVER_OK != 0
+    }
+
+    /// The transport's and its queues' state for a snapshot; fails when the device cannot
+    /// be saved now (see [`VirtioDevice::snapshot_blocker`]).
+    pub fn snapshot(&self) -> Result<TransportSnapshot, String> {
+        let device = lock(&self.device);
+        if let Some(blocker) = device.snapshot_blocker() {
+            return Err(blocker);
+        }
+        let activated = device.is_activated();
+        let queues = if activated {
+            device.active_queues()
+        } else {
+            &self.queues
+        };
+        Ok(TransportSnapshot {
+            device_type: device.device_type(),
+            registers: self.registers,
+            interrupt_status: device.interrupt().status(),
+            activated,
+            queues: queues
+                .iter()
+                .map(|queue| QueueSnapshot(queue.state()))
+                .collect(),
+        })
+    }
+
+    /// Puts the transport and a freshly built device of the same kind in a saved state:
+    /// registers, acknowledged features, interrupt status and queues; a device that was
+    /// active is activated again with the saved queues.
+    pub fn restore(&mut self, saved: &TransportSnapshot) -> Result<(), String> {
+        let mut device = lock(&self.device);
+        if saved.device_type != device.device_type() {
+            return Err(format!(
+                "the snapshot has a virtio device of type {} where this VM has type {}",
+                saved.device_type,
+                device.device_type()
+            ));
+        }
+        if saved.queues.len() != device.queue_max_sizes().len() {
+            return Err(format!(
+                "the snapshot's virtio device (type {}) has {} queues, this one {}",
+                saved.device_type,
+                saved.queues.len(),
+                device.queue_max_sizes().len()
+            ));
+        }
+        let queues = saved
+            .queues
+            .iter()
+            .map(|queue| Queue::try_from(queue.0))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| format!("invalid saved queue: {error}"))?;
+        if let Some(index) = queues
+            .iter()
+            .position(|queue| queue.ready() && !queue.is_valid(&self.mem))
+        {
+            return Err(format!(
+                "saved queue {index} of the virtio device (type {}) lies outside guest memory",
+                saved.device_type
+            ));
+        }
+        if saved.registers.device_status & status::FEATURES_OK != 0 {
+            device.set_acked_features(saved.registers.driver_features);
+        }
+        device.interrupt().restore_status(saved.interrupt_status);
+        if saved.activated {
+            device
+                .activate(self.mem.clone(), queues)
+                .map_err(|error| format!("cannot reactivate the virtio device: {error}"))?;
+        } else {
+            self.queues = queues;
+        }
+        drop(device);
+        self.registers = saved.registers;
+        Ok(())
     }
 
     fn set_status(&mut self, value: u32) {
@@ -107,7 +226,7 @@ impl MmioTransport {
             self.reset();
             return;
         }
-        let old = self.device_status;
+        let old = self.registers.device_status;
         // The driver may only add bits (except FAILED, which it may set at any time).
         if value & old != old {
             tracing::warn!("virtio-mmio: driver cleared status bits ({old:#x} -> {value:#x})");
@@ -115,15 +234,15 @@ impl MmioTransport {
         }
         let added = value & !old;
         if added & status::FEATURES_OK != 0 {
-            let features = self.driver_features;
+            let features = self.registers.driver_features;
             if features & VIRTIO_F_VERSION_1 == 0 {
                 tracing::warn!("virtio-mmio: driver refused VIRTIO_F_VERSION_1; features not OK");
-                self.device_status = value & !status::FEATURES_OK;
+                self.registers.device_status = value & !status::FEATURES_OK;
                 return;
             }
             lock(&self.device).set_acked_features(features);
         }
-        self.device_status = value;
+        self.registers.device_status = value;
         if added & status::DRIVER_OK != 0 {
             if value & status::FEATURES_OK == 0 {
                 self.fail("DRIVER_OK without FEATURES_OK");
@@ -156,7 +275,7 @@ impl MmioTransport {
             0x00c => VENDOR_ID,
             0x010 => {
                 let features = lock(&self.device).avail_features() | VIRTIO_F_VERSION_1;
-                match self.device_features_select {
+                match self.registers.device_features_select {
                     0 => features as u32,
                     1 => (features >> 32) as u32,
                     _ => 0,
@@ -171,8 +290,8 @@ impl MmioTransport {
                 .map(|q| u32::from(q.ready()))
                 .unwrap_or(0),
             0x060 => lock(&self.device).interrupt().status(),
-            0x070 => self.device_status,
-            0x0fc => self.config_generation,
+            0x070 => self.registers.device_status,
+            0x0fc => self.registers.config_generation,
             _ => {
                 tracing::debug!("virtio-mmio: read of unknown register {offset:#x}");
                 0
@@ -182,23 +301,26 @@ impl MmioTransport {
 
     fn write_register(&mut self, offset: u64, value: u32) {
         match offset {
-            0x014 => self.device_features_select = value,
+            0x014 => self.registers.device_features_select = value,
             0x020 => {
-                if self.device_status & (status::DRIVER | status::FEATURES_OK) != status::DRIVER {
+                if self.registers.device_status & (status::DRIVER | status::FEATURES_OK)
+                    != status::DRIVER
+                {
                     tracing::warn!("virtio-mmio: driver features written in the wrong state");
                     return;
                 }
                 let offered = lock(&self.device).avail_features() | VIRTIO_F_VERSION_1;
-                let (shift, mask) = match self.driver_features_select {
+                let (shift, mask) = match self.registers.driver_features_select {
                     0 => (0, 0xffff_ffffu64),
                     1 => (32, 0xffff_ffff_0000_0000u64),
                     _ => return,
                 };
                 let accepted = (u64::from(value) << shift) & offered;
-                self.driver_features = (self.driver_features & !mask) | accepted;
+                self.registers.driver_features =
+                    (self.registers.driver_features & !mask) | accepted;
             }
-            0x024 => self.driver_features_select = value,
-            0x030 => self.queue_select = value,
+            0x024 => self.registers.driver_features_select = value,
+            0x030 => self.registers.queue_select = value,
             0x050 => {
                 // Normally an ioeventfd catches these writes in KVM; relay it ourselves
                 // when the guest's access reached us anyway.
@@ -295,6 +417,7 @@ mod tests {
         activated_with: Option<usize>,
         resets: u32,
         fail_activation: bool,
+        active: Vec<Queue>,
     }
 
     impl Dummy {
@@ -306,6 +429,7 @@ mod tests {
                 activated_with: None,
                 resets: 0,
                 fail_activation: false,
+                active: Vec::new(),
             }
         }
     }
@@ -337,6 +461,7 @@ mod tests {
                 return Err(ActivateError::Backend("refused".into()));
             }
             self.activated_with = Some(queues.len());
+            self.active = queues;
             Ok(())
         }
         fn is_activated(&self) -> bool {
@@ -345,6 +470,10 @@ mod tests {
         fn reset(&mut self) {
             self.resets += 1;
             self.activated_with = None;
+            self.active.clear();
+        }
+        fn active_queues(&self) -> &[Queue] {
+            &self.active
         }
     }
 
@@ -411,6 +540,114 @@ mod tests {
         assert_eq!(read(&mut t, 0x070), 0);
         assert_eq!(device.lock().unwrap().resets, 1);
         assert_eq!(read(&mut t, 0x044), 0);
+    }
+
+    /// Negotiates features and queue 0 and starts the device, as a driver does.
+    fn activate(t: &mut MmioTransport) {
+        write(t, 0x070, status::ACKNOWLEDGE | status::DRIVER);
+        write(t, 0x024, 1);
+        write(t, 0x020, 1);
+        let s = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK;
+        write(t, 0x070, s);
+        configure_queue(t);
+        write(t, 0x070, s | status::DRIVER_OK);
+    }
+
+    #[test]
+    fn state_round_trip_reactivates_the_device_with_its_queues() {
+        let (device, mut t) = setup();
+        activate(&mut t);
+        device.lock().unwrap().active[0].set_next_avail(5);
+        device.lock().unwrap().active[0].set_next_used(4);
+        write(&mut t, 0x030, 3);
+        device
+            .lock()
+            .unwrap()
+            .interrupt
+            .trigger(VIRTIO_MMIO_INT_CONFIG);
+        let saved = t.snapshot().unwrap();
+        let json = serde_json::to_string(&saved).unwrap();
+        let loaded: TransportSnapshot = serde_json::from_str(&json).unwrap();
+        assert_eq!(loaded, saved);
+
+        let (restored_device, mut restored) = setup();
+        restored.restore(&loaded).unwrap();
+        {
+            let device = restored_device.lock().unwrap();
+            assert_eq!(device.activated_with, Some(1));
+            assert_eq!(device.acked, VIRTIO_F_VERSION_1);
+            let queue = &device.active[0];
+            assert_eq!((queue.next_avail(), queue.next_used()), (5, 4));
+            assert_eq!(
+                (queue.desc_table(), queue.avail_ring(), queue.used_ring()),
+                (0x1000, 0x2000, 0x3000)
+            );
+            assert!(queue.ready());
+        }
+        for register in [0x070, 0x060, 0x0fc] {
+            assert_eq!(read(&mut restored, register), read(&mut t, register));
+        }
+        assert_eq!(restored.snapshot().unwrap(), saved);
+        assert_eq!(
+            restored_device
+                .lock()
+                .unwrap()
+                .interrupt
+                .event()
+                .read()
+                .ok(),
+            None,
+            "restoring raises no interrupt"
+        );
+    }
+
+    #[test]
+    fn an_inactive_device_keeps_its_half_configured_queues() {
+        let (_, mut t) = setup();
+        write(&mut t, 0x070, status::ACKNOWLEDGE | status::DRIVER);
+        write(&mut t, 0x024, 1);
+        write(&mut t, 0x020, 1);
+        write(
+            &mut t,
+            0x070,
+            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+        );
+        write(&mut t, 0x038, 8);
+        let saved = t.snapshot().unwrap();
+        let (device, mut restored) = setup();
+        restored.restore(&saved).unwrap();
+        assert_eq!(device.lock().unwrap().activated_with, None);
+        assert_eq!(restored.snapshot().unwrap(), saved);
+        assert_eq!(restored.queues[0].size(), 8);
+    }
+
+    #[test]
+    fn restore_refuses_another_device_kind() {
+        let (_, t) = setup();
+        let mut saved = t.snapshot().unwrap();
+        saved.device_type = 2;
+        let (_, mut other) = setup();
+        let error = other.restore(&saved).unwrap_err();
+        assert!(
+            error.contains("type 2") && error.contains("type 42"),
+            "{error}"
+        );
+        saved.device_type = 42;
+        saved.queues.clear();
+        let error = other.restore(&saved).unwrap_err();
+        assert!(error.contains("0 queues"), "{error}");
+    }
+
+    #[test]
+    fn config_change_bumps_the_generation_and_interrupts() {
+        let (device, mut t) = setup();
+        activate(&mut t);
+        assert!(t.driver_ok());
+        let generation = read(&mut t, 0x0fc);
+        t.signal_config_change();
+        assert_eq!(read(&mut t, 0x0fc), generation + 1);
+        assert_ne!(read(&mut t, 0x060) & VIRTIO_MMIO_INT_CONFIG, 0);
+        assert_eq!(device.lock().unwrap().interrupt.event().read().unwrap(), 1);
     }
 
     #[test]

@@ -66,6 +66,12 @@ impl IrqTrigger {
         self.status.load(Ordering::SeqCst)
     }
 
+    /// Sets the interrupt status register to a saved value without raising the interrupt
+    /// (a restored irqchip already holds whatever the guest had pending).
+    pub fn restore_status(&self, bits: u32) {
+        self.status.store(bits, Ordering::SeqCst);
+    }
+
     /// Clears acknowledged status bits.
     pub fn acknowledge(&self, bits: u32) {
         self.status.fetch_and(!bits, Ordering::SeqCst);
@@ -101,6 +107,13 @@ pub trait VirtioDevice: Send {
     fn is_activated(&self) -> bool;
     /// Stops the device and drops its queues (driver reset).
     fn reset(&mut self);
+    /// The queues of an activated device (empty when it is not activated), for a snapshot.
+    fn active_queues(&self) -> &[Queue];
+    /// Why the device's state cannot be saved right now, if it cannot (e.g. open
+    /// connections to host sockets that a snapshot cannot hold).
+    fn snapshot_blocker(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Copies the bytes of `config` at `offset` into `data`; reads past the end return zeros.

@@ -192,6 +192,13 @@ impl VirtioDevice for Block {
         self.active = None;
         self.acked_features = 0;
     }
+
+    fn active_queues(&self) -> &[Queue] {
+        self.active
+            .as_ref()
+            .map(|active| std::slice::from_ref(&active.queue))
+            .unwrap_or_default()
+    }
 }
 
 #[cfg(test)]

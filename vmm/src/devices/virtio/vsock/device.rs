@@ -226,6 +226,17 @@ impl VirtioDevice for Vsock {
     fn reset(&mut self) {
         self.active = None;
     }
+
+    fn active_queues(&self) -> &[Queue] {
+        self.active
+            .as_ref()
+            .map(|active| active.queues.as_slice())
+            .unwrap_or_default()
+    }
+
+    fn snapshot_blocker(&self) -> Option<String> {
+        self.muxer.snapshot_blocker()
+    }
 }
 
 #[cfg(test)]

@@ -212,6 +212,23 @@ impl Muxer {
         self.connections.len()
     }
 
+    /// Why the muxer's state cannot go into a snapshot: a snapshot holds no host sockets,
+    /// so it is taken before any connection exists (the guest only listens).
+    pub fn snapshot_blocker(&self) -> Option<String> {
+        let (open, connecting, queued) = (
+            self.connections.len(),
+            self.pending.len(),
+            self.control.len(),
+        );
+        (open + connecting + queued > 0).then(|| {
+            format!(
+                "vsock has {open} open and {connecting} connecting host connections and \
+                 {queued} queued control packets; a snapshot must be taken before any \
+                 connection exists (while the guest only listens)"
+            )
+        })
+    }
+
     /// Whether packets for the guest are waiting.
     pub fn has_rx(&self) -> bool {
         !self.control.is_empty() || self.connections.values().any(Connection::wants_rx)
