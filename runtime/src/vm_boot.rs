@@ -32,7 +32,8 @@ fn parse_disk(spec: &str) -> Result<vmm::DiskConfig, String> {
 
 /// Builds the VM configuration from the parsed options.
 pub fn vm_config(args: &VmBootArgs) -> Result<vmm::VmConfig, String> {
-    let mut config = vmm::VmConfig::new(&args.kernel);
+    // A restored VM's kernel is in the snapshot's memory.
+    let mut config = vmm::VmConfig::new(args.kernel.clone().unwrap_or_default());
     config.initrd = args.initrd.clone();
     config.cmdline = args.cmdline.clone();
     config.mem_size = args.mem;
@@ -51,6 +52,8 @@ pub fn vm_config(args: &VmBootArgs) -> Result<vmm::VmConfig, String> {
         config.console = vmm::ConsoleConfig::Stdio;
     }
     config.seccomp = !args.no_seccomp;
+    config.snapshot_to = args.snapshot_to.clone();
+    config.restore_from = args.restore.clone();
     Ok(config)
 }
 

@@ -1,8 +1,9 @@
 //! twinbox's VMM booting the project's real guest kernel, as L2 inside the emulated KVM host
 //! (this machine's own /dev/kvm is PVM and runs no stock kernel): boot to init through both
 //! boot protocols, SMP, virtio-blk data integrity, vsock round trips in both directions
-//! through the hybrid Unix-socket interface, clean shutdown with the boot-timer figure, and
-//! a guest crash (triple fault) reported as one.
+//! through the hybrid Unix-socket interface, clean shutdown with the boot-timer figure, a
+//! snapshot that the guest asks for and its restore with another disk, and a guest crash
+//! (triple fault) reported as one.
 //!
 //! All L2 runs share one L1 boot (`batch()`); each test checks its own step.
 
@@ -46,6 +47,14 @@ for check in $(echo "$checks" | tr , ' '); do
 		else
 			echo "VDC_WRITE=refused"
 		fi
+		;;
+	snapshot)
+		echo "SNAPSHOT_VDB_SIZE=$(cat /sys/block/vdb/size)"
+		devmem 0xd0000000 8 0x73
+		# Only a VM restored from the snapshot goes on here; its vdb is another file.
+		for i in $(seq 500); do [ "$(cat /sys/block/vdb/size)" != 0 ] && break; sleep 0.01; done
+		echo "RESTORED_VDB_SHA256=$(sha256sum /dev/vdb | cut -d' ' -f1)"
+		echo "RESTORED_CPUS_ONLINE=$(cat /sys/devices/system/cpu/online)"
 		;;
 	vsock)
 		timeout -s KILL 60 vsock-echo host-to-guest serve vsock:5000 &
@@ -184,6 +193,30 @@ fn batch() -> &'static Batch {
             ),
             finish("/tmp/bzimage.log")
         );
+        // The snapshot run: the guest asks for a snapshot with an empty vdb; the restore
+        // gives it the random disk there.
+        let snapshot_args = "--cpus 2 --mem 256M --console --disk /l2/random.img,ro";
+        let snapshot = format!(
+            "truncate -s 0 /tmp/empty.img\n\
+             {}\n\
+             echo SNAPSHOT_STATUS=$?\n\
+             {}\n\
+             status=$?\n\
+             {}",
+            vm_boot(
+                "/tmp/snapshot.log",
+                &format!(
+                    "--kernel /l2/vmlinux --initrd /l2/initramfs.cpio {snapshot_args} \
+                     --disk /tmp/empty.img,ro --snapshot-to /tmp/snapshot --cmdline {}",
+                    shell_quote(&format!("{CMDLINE} reboot=k twinbox.check=snapshot"))
+                )
+            ),
+            vm_boot(
+                "/tmp/restore.log",
+                &format!("--restore /tmp/snapshot {snapshot_args} --disk /l2/random.img,ro")
+            ),
+            finish("/tmp/snapshot.log /tmp/restore.log")
+        );
         let crash = format!(
             "{}\nstatus=$?\n{}",
             vm_boot("/tmp/crash.log", "--kernel /l2/crash.elf"),
@@ -193,6 +226,7 @@ fn batch() -> &'static Batch {
         let script = StepScript::new()
             .step("pvh", STEP_TIMEOUT, &pvh)
             .step("bzimage", STEP_TIMEOUT, &bzimage)
+            .step("snapshot", STEP_TIMEOUT, &snapshot)
             .step("crash", STEP_TIMEOUT, &crash);
         let job = Job::new(script.script())
             .file(&twinbox, "/bin/twinbox")
@@ -204,7 +238,7 @@ fn batch() -> &'static Batch {
             .data("/l2/initramfs.cpio", initramfs, 0o644)
             .disk(&writable, false)
             .disk(&read_only, false)
-            .timeout(3 * STEP_TIMEOUT);
+            .timeout(4 * STEP_TIMEOUT);
         let run = kvm_host().run(&job).unwrap_or_else(|e| panic!("{e}"));
         Batch {
             run,
@@ -324,6 +358,25 @@ fn vsock_round_trips_in_both_directions_through_the_unix_socket() {
             "{label}: the echo the sender got"
         );
     }
+}
+
+#[test]
+fn a_snapshot_restores_with_its_vcpus_and_another_disk_in_place() {
+    let batch = batch();
+    let output = guest_output("snapshot");
+    assert_eq!(values(&output, "SNAPSHOT_VDB_SIZE"), ["0"], "{output}");
+    assert_eq!(values(&output, "SNAPSHOT_STATUS"), ["0"], "{output}");
+    let summaries: Vec<_> = output.lines().filter_map(VmSummary::find).collect();
+    let reasons: Vec<_> = summaries.iter().map(|s| s.reason.as_str()).collect();
+    assert_eq!(reasons, ["Snapshotted", "Reboot"], "{output}");
+    // The init ran once, up to its snapshot request, and went on in the restored VM.
+    assert_eq!(output.matches("L2-INIT-OK").count(), 1, "{output}");
+    assert_eq!(
+        values(&output, "RESTORED_VDB_SHA256"),
+        [Transfer::of(&batch.random_disk).sha256.as_str()]
+    );
+    assert_eq!(values(&output, "RESTORED_CPUS_ONLINE"), ["0-1"]);
+    assert_eq!(values(&output, "VM_STATUS"), ["0"]);
 }
 
 #[test]

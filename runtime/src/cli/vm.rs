@@ -25,8 +25,8 @@ pub enum VmAction {
 #[derive(Debug, Args)]
 pub struct VmBootArgs {
     /// Kernel: an ELF vmlinux (PVH or 64-bit entry) or a bzImage.
-    #[arg(long, value_name = "PATH")]
-    pub kernel: PathBuf,
+    #[arg(long, value_name = "PATH", required_unless_present = "restore")]
+    pub kernel: Option<PathBuf>,
 
     /// Initramfs to load.
     #[arg(long, value_name = "PATH")]
@@ -73,6 +73,17 @@ pub struct VmBootArgs {
     /// Do not install the VMM's seccomp filters (only for debugging the VMM itself).
     #[arg(long)]
     pub no_seccomp: bool,
+
+    /// When the guest asks for a snapshot (it writes 0x73 to the boot timer's first byte:
+    /// `devmem 0xd0000000 8 0x73`), write the VM's snapshot into DIR and stop.
+    #[arg(long, value_name = "DIR", conflicts_with = "restore")]
+    pub snapshot_to: Option<PathBuf>,
+
+    /// Restore the snapshot in DIR instead of booting the kernel: the guest goes on from its
+    /// snapshot request. Memory, vCPUs, the disks' number and modes and vsock must match the
+    /// snapshot's; the disks may be other files.
+    #[arg(long, value_name = "DIR")]
+    pub restore: Option<PathBuf>,
 }
 
 /// `--mem-backing` values (see [`vmm::MemoryBacking`]).

@@ -35,9 +35,12 @@ pub enum BlockError {
         #[source]
         source: std::io::Error,
     },
-    /// The image is smaller than one sector.
-    #[error("disk image {0} is smaller than one 512-byte sector")]
-    Empty(PathBuf),
+    /// The image is larger than zero but smaller than one sector.
+    #[error(
+        "disk image {0} holds less than one 512-byte sector; a disk image is empty (a \
+         placeholder the guest sees as a disk without media) or at least one sector"
+    )]
+    PartialSector(PathBuf),
     /// eventfd creation failed.
     #[error("cannot create the block device's eventfds: {0}")]
     EventFd(#[source] std::io::Error),
@@ -79,8 +82,8 @@ impl Block {
         // virtio disks) have a metadata length of 0.
         let size = (&disk).seek(SeekFrom::End(0)).map_err(open_error)?;
         let sectors = size / SECTOR_SIZE;
-        if sectors == 0 {
-            return Err(BlockError::Empty(path.to_path_buf()));
+        if sectors == 0 && size > 0 {
+            return Err(BlockError::PartialSector(path.to_path_buf()));
         }
         // A stable id from the image's device and inode, as Firecracker does.
         let mut id = [0u8; VIRTIO_BLK_ID_BYTES as usize];
@@ -476,12 +479,15 @@ mod tests {
     }
 
     #[test]
-    fn empty_and_missing_images_are_refused() {
-        let empty = write_temp(&[0u8; 100]);
+    fn partial_sectors_and_missing_images_are_refused() {
+        let partial = write_temp(&[0u8; 100]);
         assert!(matches!(
-            Block::new(empty.path(), false),
-            Err(BlockError::Empty(_))
+            Block::new(partial.path(), false),
+            Err(BlockError::PartialSector(_))
         ));
+        // An empty image is a disk without media (a template's placeholder).
+        let empty = write_temp(&[]);
+        assert!(Block::new(empty.path(), true).is_ok());
         assert!(matches!(
             Block::new(Path::new("/nonexistent/disk.img"), true),
             Err(BlockError::Open { .. })
