@@ -61,22 +61,32 @@ fn fork_session(conn: File, closing: &[&dyn AsRawFd], serve: fn(File) -> i32) ->
     }
 }
 
+/// The environment variable (from the kernel command line's `twinbox_template=1`) that
+/// marks a template boot: the host snapshots the VM once the agent is ready for a host.
+const TEMPLATE_ENV: &str = "twinbox_template";
+
 /// PID 1's whole life.
 pub fn run() -> ! {
     boot::signal_boot_timer();
-    // Reach the host first: its hello and create request travel while the API filesystems
-    // are mounted.
     let listener = vsock_listen(AGENT_PORT)
         .unwrap_or_else(|e| fatal(&format!("cannot listen on vsock port {AGENT_PORT}: {e}")));
+    let template = std::env::var_os(TEMPLATE_ENV).is_some();
+    if template {
+        // A template does everything that needs no host before its snapshot: each VM
+        // restored from it starts here, ready to reach its host.
+        prepare();
+        boot::request_snapshot();
+    }
+    // Reach the host first: its hello and create request travel while the API filesystems
+    // are mounted.
     let main = connect_host().unwrap_or_else(|e| {
         fatal(&format!(
             "cannot reach the host on vsock port {HOST_PORT}: {e} (does the VM have a vsock device?)"
         ))
     });
-    if let Err(error) = boot::mount_api_filesystems() {
-        fatal(&format!("early boot failed: {error}"));
+    if !template {
+        prepare();
     }
-    let _ = nix::unistd::sethostname("twinbox");
     let signals = child_signals().unwrap_or_else(|e| fatal(&e.to_string()));
     let main_session = fork_session(main, &[&listener, &signals], crate::workload::serve)
         .unwrap_or_else(|e| fatal(&format!("cannot start the main session: {e}")));
@@ -86,6 +96,14 @@ pub fn run() -> ! {
     unsafe { libc::kill(-1, libc::SIGKILL) };
     reap_all(None);
     boot::power_off()
+}
+
+/// The guest's own setup: the API filesystems and the host name.
+fn prepare() {
+    if let Err(error) = boot::mount_api_filesystems() {
+        fatal(&format!("early boot failed: {error}"));
+    }
+    let _ = nix::unistd::sethostname("twinbox");
 }
 
 /// Accepts request sessions until the main session's process exits.

@@ -4,6 +4,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use nix::mount::{MsFlags, mount};
 use oci_spec::runtime::{LinuxResourcesBuilder, Spec};
@@ -69,8 +70,29 @@ fn mount_fs(
     })
 }
 
+/// How long a disk may stay empty after a restore before it is mounted anyway.
+const MEDIA_WAIT: Duration = Duration::from_secs(2);
+
+/// Waits until `device` has a size. In a VM restored from a template snapshot, the image
+/// disk takes the place of the template's empty one: the VMM signals the change at restore,
+/// and the kernel reads the new size a moment later. A disk that stays empty is mounted
+/// anyway, and the mount names the problem.
+fn wait_for_media(device: &str) {
+    let Some(name) = Path::new(device).file_name() else {
+        return;
+    };
+    let size_file = Path::new("/sys/class/block").join(name).join("size");
+    let deadline = Instant::now() + MEDIA_WAIT;
+    while std::fs::read_to_string(&size_file).is_ok_and(|size| size.trim() == "0")
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// Mounts the image disk, the writable layer and the overlay; returns the workload's root.
 pub fn assemble_rootfs(setup: &RootfsSetup, layout: &Layout) -> Result<PathBuf, AgentError> {
+    wait_for_media(&setup.device);
     mount_fs(
         &setup.device,
         &layout.image,

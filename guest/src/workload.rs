@@ -180,6 +180,11 @@ fn run(
 /// Sets up the sandbox and creates the workload, stopped on its exec fifo.
 fn create(request: &CreateRequest) -> Result<Workload, AgentError> {
     rootfs::set_clock(request.host_time_ns);
+    if let Some(entropy) = &request.entropy {
+        // A clone of a template must not share its random numbers with the others.
+        crate::boot::reseed_random(entropy)
+            .map_err(failed("reseeding the guest's random generator"))?;
+    }
     let layout = Layout::standard();
     let root = rootfs::assemble_rootfs(&request.rootfs, &layout)?;
     rootfs::mount_volumes(&request.volumes)?;

@@ -19,7 +19,7 @@ pub use message::{
 pub use relay::{Event, Relay};
 
 /// The protocol version both sides announce in [`Hello`]; they must be equal.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The host port the agent connects to for the main session.
 pub const HOST_PORT: u32 = 1024;

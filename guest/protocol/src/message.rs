@@ -166,6 +166,16 @@ pub struct CreateRequest {
         with = "base64_bytes"
     )]
     pub seccomp_program: Option<Vec<u8>>,
+    /// Random bytes from the host that the agent mixes into the guest's entropy pool, and
+    /// then reseeds the kernel's random generator from, before the workload starts. A VM
+    /// restored from a template snapshot starts with the template's generator state, which
+    /// every other VM of that template shares.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "base64_bytes"
+    )]
+    pub entropy: Option<Vec<u8>>,
 }
 
 /// Serde for optional bytes as one base64 string (`#[serde(with = "base64_bytes")]`). Serde's
@@ -411,6 +421,7 @@ mod tests {
             host_time_ns: 1,
             start: false,
             seccomp_program: Some(vec![0x20, 0, 0, 0, 4, 0, 0, 0, 0xff]),
+            entropy: Some(vec![1, 2, 3]),
         };
         let text = serde_json::to_string(&Message::Create(Box::new(request.clone()))).unwrap();
         assert!(
