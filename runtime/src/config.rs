@@ -13,6 +13,7 @@
 //! kernel_args = ""         # appended to the guest kernel's command line
 //! boot_timeout_secs = 10   # how long the guest agent may take to come up
 //! writable_disk = "4G"     # a per-VM disk for root filesystem writes (default: guest RAM)
+//! start = "snapshot"       # or "boot": how VMs start (see `twinbox::vm::template`)
 //! ```
 //!
 //! A missing file means defaults. Unknown keys are errors, so a typo does not silently
@@ -80,6 +81,33 @@ pub struct VmSettings {
     pub boot_timeout_secs: Option<u64>,
     /// Size of a per-VM disk that takes the root filesystem's writes (None: guest RAM).
     pub writable_disk: Option<String>,
+    /// How VMs start (None: [`VmStart::Snapshot`]).
+    pub start: Option<VmStart>,
+}
+
+/// How a VM starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VmStart {
+    /// Restore a snapshot of a VM booted up to its agent (one template per kernel, agent,
+    /// RAM size and vCPU count), when the VM's disks allow it; boot otherwise.
+    Snapshot,
+    /// Boot the guest kernel for every VM.
+    Boot,
+}
+
+impl std::str::FromStr for VmStart {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "snapshot" => Ok(VmStart::Snapshot),
+            "boot" => Ok(VmStart::Boot),
+            other => Err(format!(
+                "`{other}` is not a VM start mode; use snapshot or boot"
+            )),
+        }
+    }
 }
 
 impl Config {

@@ -133,6 +133,10 @@ fn batch() -> &'static JobOutput {
             .add("annotated", &["uname", "-r"], |config| {
                 config["annotations"] = serde_json::json!({"io.twinbox.isolation": "vm"});
             })
+            .add("clone", &["sh", "-c", CLONE_PROBE], |_| {})
+            .add("cold", &["sh", "-c", CLONE_PROBE], |config| {
+                config["annotations"] = serde_json::json!({"io.twinbox.vm.start": "boot"});
+            })
             .add("panic", &["sh", "-c", "echo c > /proc/sysrq-trigger; sleep 10"], |config| {
                 config["linux"]["readonlyPaths"] = Value::Array(Vec::new());
             });
@@ -179,6 +183,14 @@ fn batch() -> &'static JobOutput {
                      twinbox-vm delete c-sleeper && echo deleted",
                     wait_stopped("c-sleeper")
                 ),
+            )
+            .step(
+                "snapshot",
+                STEP,
+                "templates=\"ls /var/lib/twinbox/vm/templates | wc -l\"; \
+                 for id in c-clone1 c-clone2; do twinbox-vm run --bundle /b/clone $id | tr '\\n' ' '; \
+                   echo \"host-time=$(date +%s) templates=$(eval $templates)\"; done; \
+                 twinbox-vm run --bundle /b/cold c-cold | tr '\\n' ' '; echo \"templates=$(eval $templates)\"",
             )
             .step("terminal", STEP, "twinbox-vm run --bundle /b/terminal c-terminal")
             .step(
@@ -294,7 +306,7 @@ fn batch() -> &'static JobOutput {
             );
         let work = tempfile::tempdir().unwrap();
         let job = with_containerd(
-            vm_job(&steps, &bundles, work.path(), 17 * STEP),
+            vm_job(&steps, &bundles, work.path(), 18 * STEP),
             work.path(),
         );
         let run = kvm_host().run(&job).unwrap_or_else(|e| panic!("{e}"));
@@ -416,6 +428,55 @@ fn a_guest_kernel_panic_is_reported_clearly() {
     assert_eq!(value(&out, "code"), "255", "{out}");
     assert!(out.contains("the guest kernel panicked"), "{out}");
     assert!(out.contains("sysrq triggered crash"), "{out}");
+}
+
+/// What the snapshot step's workloads print: the kernel, whether the VM was restored from
+/// a template (its kernel command line), 16 random bytes and the guest's clock.
+const CLONE_PROBE: &str = "echo release=$(uname -r) restored=$(grep -c twinbox_template /proc/cmdline) \
+     random=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n') guest-time=$(date +%s)";
+
+/// The `key=value` words of one line.
+fn words(line: &str) -> std::collections::HashMap<&str, &str> {
+    line.split_whitespace()
+        .filter_map(|word| word.split_once('='))
+        .collect()
+}
+
+#[test]
+fn vms_start_from_a_template_snapshot_with_their_own_entropy_and_clock() {
+    let out = step("snapshot");
+    let lines: Vec<_> = out.lines().map(words).collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    let (first, second, cold) = (&lines[0], &lines[1], &lines[2]);
+    for clone in [first, second] {
+        assert_eq!(clone["release"], guest_kernel().release, "{out}");
+        assert_eq!(
+            clone["restored"], "1",
+            "not restored from a template:\n{out}"
+        );
+        let guest: i64 = clone["guest-time"].parse().unwrap();
+        let host: i64 = clone["host-time"].parse().unwrap();
+        assert!(
+            (host - guest).abs() <= 30,
+            "the restored guest's clock is off:\n{out}"
+        );
+        assert_eq!(clone["random"].len(), 32, "{out}");
+    }
+    assert_ne!(
+        first["random"], second["random"],
+        "two VMs of one template drew the same random bytes"
+    );
+    assert_eq!(cold["release"], guest_kernel().release, "{out}");
+    assert_eq!(
+        cold["restored"], "0",
+        "the start annotation did not boot:\n{out}"
+    );
+    assert!(first["templates"] != "0", "no template was built:\n{out}");
+    assert_eq!(
+        (second["templates"], cold["templates"]),
+        (first["templates"], first["templates"]),
+        "the second VM and the booted one built no template of their own:\n{out}"
+    );
 }
 
 #[test]

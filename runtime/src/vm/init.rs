@@ -36,6 +36,12 @@ pub const NOTIFY_SOCKET: &str = "notify.sock";
 /// The init's own log in the VM directory.
 pub const LOG_FILE: &str = "vmm.log";
 
+/// Random bytes the guest gets to reseed its generator: 256 bits, a full reseed.
+const GUEST_ENTROPY_BYTES: usize = 32;
+
+/// The guest's vsock context id.
+const GUEST_CID: u32 = 3;
+
 /// The exit code when the guest dies before its workload exits.
 pub const GUEST_DIED: i32 = 255;
 
@@ -66,6 +72,38 @@ pub struct InitConfig {
     pub request: CreateRequest,
     /// How long the agent may take to connect.
     pub boot_timeout_ms: u64,
+    /// The template snapshot to restore instead of booting (see [`super::template`]).
+    #[serde(default)]
+    pub restore_from: Option<PathBuf>,
+}
+
+/// The VMM configuration of a twinbox VM: the kernel, `disks` (path, read-only) in order,
+/// the hybrid vsock socket and the console log in `vm_dir`.
+pub fn vm_config(
+    kernel: &Path,
+    cmdline: &str,
+    memory: u64,
+    vcpus: u8,
+    disks: &[(PathBuf, bool)],
+    vm_dir: &Path,
+) -> vmm::VmConfig {
+    let mut vm = vmm::VmConfig::new(kernel);
+    vm.cmdline = cmdline.to_string();
+    vm.mem_size = memory;
+    vm.vcpus = vcpus;
+    vm.disks = disks
+        .iter()
+        .map(|(path, read_only)| vmm::DiskConfig {
+            path: path.clone(),
+            read_only: *read_only,
+        })
+        .collect();
+    vm.vsock = Some(vmm::VsockConfig {
+        guest_cid: GUEST_CID,
+        uds_path: vm_dir.join(VSOCK_SOCKET),
+    });
+    vm.console = vmm::ConsoleConfig::File(vm_dir.join(CONSOLE_LOG));
+    vm
 }
 
 /// A failure to get the workload ready: what the creator reports, and the init's exit code.
@@ -95,25 +133,25 @@ struct RunningVm {
 
 impl RunningVm {
     fn start(config: &InitConfig, vm_dir: &Path) -> Result<Self, String> {
-        let mut vm = vmm::VmConfig::new(&config.kernel);
-        vm.cmdline = config.cmdline.clone();
-        vm.mem_size = config.memory;
-        vm.vcpus = config.vcpus;
-        vm.disks = config
-            .disks
-            .iter()
-            .map(|(path, read_only)| vmm::DiskConfig {
-                path: path.clone(),
-                read_only: *read_only,
-            })
-            .collect();
-        vm.vsock = Some(vmm::VsockConfig {
-            guest_cid: 3,
-            uds_path: vm_dir.join(VSOCK_SOCKET),
-        });
+        let mut vm = vm_config(
+            &config.kernel,
+            &config.cmdline,
+            config.memory,
+            config.vcpus,
+            &config.disks,
+            vm_dir,
+        );
         let console = vm_dir.join(CONSOLE_LOG);
-        vm.console = vmm::ConsoleConfig::File(console.clone());
-        let vmm = vmm::Vmm::build(vm).map_err(|e| e.to_string())?;
+        vm.restore_from = config.restore_from.clone();
+        let vmm = match vmm::Vmm::build(vm.clone()) {
+            Ok(vmm) => vmm,
+            Err(error) if vm.restore_from.is_some() => {
+                tracing::warn!("restoring the VM template failed ({error}); booting instead");
+                vm.restore_from = None;
+                vmm::Vmm::build(vm).map_err(|e| e.to_string())?
+            }
+            Err(error) => return Err(error.to_string()),
+        };
         let handle = vmm.handle();
         let boot_times = vmm.boot_times();
         let (done, done_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
@@ -326,6 +364,10 @@ fn boot(
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
+    request.entropy = Some(
+        host_entropy()
+            .map_err(|e| Failure::new(1, format!("reading random bytes for the guest: {e}")))?,
+    );
     match conn.open(
         &super::host_software(),
         &Message::Create(Box::new(request)),
@@ -362,6 +404,17 @@ fn boot(
         )),
         Err(error) => Err(lost(vm, error, "creating the workload in the guest")),
     }
+}
+
+/// Bytes the guest reseeds its random generator from (see `CreateRequest::entropy`).
+fn host_entropy() -> std::io::Result<Vec<u8>> {
+    let mut bytes = vec![0u8; GUEST_ENTROPY_BYTES];
+    // SAFETY: getrandom fills at most `bytes.len()` bytes of a buffer we own.
+    let filled = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if filled != bytes.len() as isize {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(bytes)
 }
 
 /// Starts a thread that blocks opening the exec fifo for writing (until `twinbox start`

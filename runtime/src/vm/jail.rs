@@ -1,7 +1,7 @@
 //! The VMM's jail: an OCI spec that the container setup (`twinbox-sandbox`) runs like any
 //! container, so the VMM gets the container backend's own isolation. New mount, pid, network,
 //! ipc and uts namespaces; a read-only root holding only what the VMM needs (/dev/kvm, the
-//! kernel, the disk images (the agent disk among them), its state directory, the volume
+//! kernel, the disk images (the agent disk among them), the template snapshot it restores, its state directory, the volume
 //! directories it writes changes back to, the exec fifo and the `twinbox-vmm` binary); no
 //! capabilities (except those that writing volume changes needs, when there are such
 //! volumes); no new privileges; Docker's seccomp profile for the whole process, and the VMM's own stricter
@@ -34,6 +34,8 @@ pub mod paths {
     pub const VM_DIR: &str = "/vm";
     /// The exec fifo that `start` opens.
     pub const EXEC_FIFO: &str = "/exec.fifo";
+    /// The template snapshot the VM restores, if it does.
+    pub const TEMPLATE: &str = "/template";
     /// The log of the VM's init and exec relays.
     pub const LOG: &str = "/vm/vmm.log";
 
@@ -57,6 +59,8 @@ pub struct JailInputs<'a> {
     pub vmm: &'a Path,
     /// The guest kernel.
     pub kernel: &'a Path,
+    /// The template snapshot the VM restores, if it does.
+    pub template: Option<&'a Path>,
     /// The container's state directory (holds the exec fifo).
     pub state_dir: &'a Path,
     /// The user's spec (terminal, limits, oom score).
@@ -169,6 +173,9 @@ pub fn spec(inputs: &JailInputs<'_>) -> Result<Spec, VmError> {
         .collect();
     mounts.push(bind(paths::VMM, inputs.vmm, true)?);
     mounts.push(bind(paths::KERNEL, inputs.kernel, true)?);
+    if let Some(template) = inputs.template {
+        mounts.push(bind(paths::TEMPLATE, template, true)?);
+    }
     for (index, disk) in plan.disks.iter().enumerate() {
         mounts.push(bind(&paths::disk(index), &disk.host, disk.read_only)?);
     }
@@ -274,12 +281,13 @@ pub fn spec(inputs: &JailInputs<'_>) -> Result<Spec, VmError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::vm::plan::DiskPlan;
     use oci_spec::runtime::{LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResourcesBuilder};
 
-    fn plan(sync: bool) -> Plan {
+    /// A plan with a root filesystem image and one volume disk.
+    pub(crate) fn plan(sync: bool) -> Plan {
         Plan {
             memory: 256 << 20,
             vcpus: 1,
@@ -310,6 +318,7 @@ mod tests {
                 host_time_ns: 0,
                 start: false,
                 seccomp_program: None,
+                entropy: None,
             },
             cmdline: String::new(),
         }
@@ -344,6 +353,7 @@ mod tests {
             plan: &plan,
             vmm: Path::new("/usr/lib/twinbox/twinbox-vmm"),
             kernel: Path::new("/k/vmlinux"),
+            template: None,
             state_dir: Path::new("/run/twinbox/c1"),
             spec: &user,
             debug: false,
@@ -429,6 +439,7 @@ mod tests {
             plan: &plan,
             vmm: Path::new("/v"),
             kernel: Path::new("/k"),
+            template: None,
             state_dir: Path::new("/s"),
             spec: &user,
             debug: false,

@@ -23,6 +23,7 @@ pub mod jail;
 pub mod notify;
 pub mod phases;
 pub mod plan;
+pub mod template;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -34,6 +35,7 @@ use twinbox_protocol::{AGENT_PORT, Connection, Message, REPLY_TIMEOUT};
 use twinbox_sandbox::launch::{ExecSetup, InitOptions, ProcessSetup, SetupObserver, spawn_exec};
 
 use crate::backend::{Backend, BackendError, BackendKind, CreateRequest, ExecOptions};
+use crate::config::VmStart;
 use crate::container::{self, ContainerBackend};
 use crate::state::{ContainerRecord, ProcessIdentity};
 use notify::{Notice, NoticeListener};
@@ -164,16 +166,15 @@ pub fn vmm_process_main(args: &[std::ffi::OsString]) -> i32 {
             return 2;
         }
     };
-    crate::logging::init_with(
-        Some(Path::new(jail::paths::LOG)),
-        rest == ["--debug"],
-        false,
-    );
+    // A template VM runs outside a jail: its messages go to its caller.
+    let log = (action != "template").then_some(Path::new(jail::paths::LOG));
+    crate::logging::init_with(log, rest == ["--debug"], false);
     match action {
         "init" => init::main(config),
         "exec-relay" => exec::main(config),
+        "template" => template::main(config),
         other => {
-            eprintln!("twinbox-vmm: unknown VM process {other:?} (init or exec-relay)");
+            eprintln!("twinbox-vmm: unknown VM process {other:?} (init, exec-relay or template)");
             2
         }
     }
@@ -264,7 +265,7 @@ impl VmBackend {
             request.spec,
             plan::PlanInputs {
                 settings,
-                agent_disk,
+                agent_disk: agent_disk.clone(),
                 rootfs_image,
                 scratch: &scratch,
             },
@@ -273,6 +274,18 @@ impl VmBackend {
             .boot_timeout_secs
             .map(Duration::from_secs)
             .unwrap_or(DEFAULT_BOOT_TIMEOUT);
+        let template = match template::start_mode(settings, &annotations)? {
+            VmStart::Snapshot if template::fits(&plan) => {
+                match cache.template(&kernel, &agent_disk, &plan, boot_timeout) {
+                    Ok(template) => Some(template),
+                    Err(error) => {
+                        tracing::warn!("{error}; booting the VM instead");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         let init = init::InitConfig {
             kernel: jail::paths::KERNEL.into(),
             cmdline: plan.cmdline.clone(),
@@ -294,6 +307,7 @@ impl VmBackend {
                 ..plan.request.clone()
             },
             boot_timeout_ms: boot_timeout.as_millis() as u64,
+            restore_from: template.as_ref().map(|_| jail::paths::TEMPLATE.into()),
         };
         let text = serde_json::to_vec(&init).map_err(|e| VmError::Settings(e.to_string()))?;
         let config_path = vm_dir.join(init::CONFIG_FILE);
@@ -309,6 +323,7 @@ impl VmBackend {
             plan: &plan,
             vmm: &assets::vmm_binary()?,
             kernel: &kernel,
+            template: template.as_deref(),
             state_dir: request.state_dir,
             spec: request.spec,
             debug: tracing::enabled!(tracing::Level::DEBUG),

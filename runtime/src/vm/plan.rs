@@ -373,6 +373,7 @@ pub fn build(spec: &Spec, inputs: PlanInputs<'_>) -> Result<Plan, VmError> {
             host_time_ns: 0,
             start: false,
             seccomp_program,
+            entropy: None,
         },
         disks: planner.disks,
         sync_dirs: planner.sync_dirs,

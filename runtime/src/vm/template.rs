@@ -1,0 +1,354 @@
+//! Template snapshots: a VM starts by restoring a snapshot of a guest that already booted
+//! its kernel and agent, instead of booting them again (Firecracker's snapshot restore, Kata's
+//! VM templating).
+//!
+//! A template is one boot of the guest kernel with the agent disk and an empty disk in the
+//! root filesystem image's place. The kernel command line carries [`TEMPLATE_ARG`]: the agent
+//! mounts its API filesystems, listens for the host, and asks the VMM for a snapshot, which
+//! the VMM writes and then stops. There is one template per kernel, agent, VMM binary, guest
+//! RAM size, vCPU count and command line, in the disk cache, built on first use by
+//! `twinbox-vmm template CONFIG`; building one removes the templates of other kernels,
+//! agents and VMM binaries. The template VM runs no workload and no input of a
+//! container: only twinbox's kernel and agent, under the VMM's seccomp filters.
+//!
+//! A VM restored from a template gets the image's root filesystem in the empty disk's place
+//! (the VMM tells the guest its new size) and, in the create request, fresh entropy for its
+//! random generator and the host's clock, since it inherits the template's. VMs with more
+//! disks (volumes, a writable disk) boot.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
+
+use super::VmError;
+use super::disk::DiskCache;
+use super::init::{self, CONSOLE_LOG};
+use super::plan::Plan;
+use crate::config::{VmSettings, VmStart};
+
+/// The annotation that picks how a container's VM starts: `snapshot` or `boot`.
+pub const START_ANNOTATION: &str = "io.twinbox.vm.start";
+
+/// The kernel argument of a template boot; the kernel hands it to the agent as an
+/// environment variable.
+pub const TEMPLATE_ARG: &str = "twinbox_template=1";
+
+/// The template's configuration file in its work directory.
+const CONFIG_FILE: &str = "template.json";
+/// The empty disk that holds the root filesystem image's place in a template.
+const EMPTY_DISK: &str = "empty.img";
+
+/// How the container's VM starts: its annotation, else the config file, else snapshot.
+pub fn start_mode(
+    settings: &VmSettings,
+    annotations: &HashMap<String, String>,
+) -> Result<VmStart, VmError> {
+    match annotations.get(START_ANNOTATION) {
+        Some(text) => text
+            .parse()
+            .map_err(|e| VmError::Settings(format!("annotation {START_ANNOTATION}: {e}"))),
+        None => Ok(settings.start.unwrap_or(VmStart::Snapshot)),
+    }
+}
+
+/// Whether `plan`'s VM can be restored from a template: its disks are the agent disk and the
+/// read-only root filesystem image, as in a template.
+pub fn fits(plan: &Plan) -> bool {
+    plan.disks.len() == 2 && plan.disks.iter().all(|disk| disk.read_only)
+}
+
+/// What `twinbox-vmm template` boots.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TemplateConfig {
+    /// The guest kernel.
+    pub kernel: PathBuf,
+    /// The agent disk.
+    pub agent_disk: PathBuf,
+    /// The kernel command line, with [`TEMPLATE_ARG`].
+    pub cmdline: String,
+    /// Guest RAM in bytes.
+    pub memory: u64,
+    /// vCPUs.
+    pub vcpus: u8,
+    /// Where the VMM writes the snapshot.
+    pub snapshot_dir: PathBuf,
+    /// How long the guest may take to ask for its snapshot.
+    pub timeout_ms: u64,
+}
+
+impl DiskCache {
+    /// The template that `plan`'s VM restores, built on first use (see the module docs).
+    pub fn template(
+        &self,
+        kernel: &Path,
+        agent_disk: &Path,
+        plan: &Plan,
+        timeout: Duration,
+    ) -> Result<PathBuf, VmError> {
+        let cmdline = format!("{} {TEMPLATE_ARG}", plan.cmdline);
+        let vmm = super::assets::vmm_binary()?;
+        // The software a template is made of, then the VM's shape.
+        let mut software = sha2::Sha256::new();
+        for file in [kernel, &vmm] {
+            let key = super::assets::file_key(file).map_err(VmError::io("reading", file))?;
+            software.update(key.as_bytes());
+        }
+        software.update(agent_disk.as_os_str().as_encoded_bytes());
+        let mut shape = sha2::Sha256::new();
+        shape.update(plan.memory.to_le_bytes());
+        shape.update([plan.vcpus]);
+        shape.update(cmdline.as_bytes());
+        let generation = hex::encode(&software.finalize()[..8]);
+        let key = format!("{generation}-{}", hex::encode(&shape.finalize()[..8]));
+        let templates = self.root().join("templates");
+        let path = templates.join(&key);
+        if path.is_dir() {
+            return Ok(path);
+        }
+        remove_other_generations(&templates, &generation);
+        let started = Instant::now();
+        let config = TemplateConfig {
+            kernel: kernel.to_path_buf(),
+            agent_disk: agent_disk.to_path_buf(),
+            cmdline,
+            memory: plan.memory,
+            vcpus: plan.vcpus,
+            snapshot_dir: PathBuf::new(),
+            timeout_ms: timeout.as_millis() as u64,
+        };
+        build(&config, &path, &vmm)?;
+        tracing::info!(
+            path = %path.display(),
+            "VM template built in {:.0} ms",
+            started.elapsed().as_secs_f64() * 1e3
+        );
+        Ok(path)
+    }
+}
+
+/// Removes the templates in `templates` made of other software than `generation` (an older
+/// kernel, agent or VMM), which no VM restores any more. A VM that already restored one
+/// holds its own copy of the memory.
+fn remove_other_generations(templates: &Path, generation: &str) {
+    let Ok(entries) = std::fs::read_dir(templates) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        // Staging directories (".KEY.tmp-...") belong to builds in progress.
+        if name.starts_with('.') || name.starts_with(&format!("{generation}-")) {
+            continue;
+        }
+        if let Err(error) = std::fs::remove_dir_all(entry.path()) {
+            tracing::warn!("removing the old VM template {name}: {error}");
+        }
+    }
+}
+
+/// Builds the template at `path` with `vmm` (`twinbox-vmm template`): into a staging
+/// directory beside it, renamed in place when complete.
+fn build(config: &TemplateConfig, path: &Path, vmm: &Path) -> Result<(), VmError> {
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    std::fs::create_dir_all(parent).map_err(VmError::io("creating", parent))?;
+    let staging = parent.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().unwrap_or_default().to_string_lossy(),
+        super::unique_suffix()
+    ));
+    // A short path for the template VM's vsock socket, its console and its empty disk.
+    let work = tempfile::Builder::new()
+        .prefix("twinbox-template-")
+        .tempdir()
+        .map_err(VmError::io("creating", &std::env::temp_dir()))?;
+    let result = std::fs::create_dir(&staging)
+        .map_err(VmError::io("creating", &staging))
+        .and_then(|()| {
+            let config = TemplateConfig {
+                snapshot_dir: staging.clone(),
+                ..config.clone()
+            };
+            run_template_vmm(&config, work.path(), vmm)
+        })
+        .and_then(|()| match std::fs::rename(&staging, path) {
+            // Another VM built the same template meanwhile: use theirs.
+            Err(_) if path.is_dir() => Ok(()),
+            other => other.map_err(VmError::io("renaming", &staging)),
+        });
+    if staging.exists() {
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    result
+}
+
+/// Runs `twinbox-vmm template` in `work` and waits for it (at most the boot timeout and a
+/// margin); its error output explains a failure.
+fn run_template_vmm(config: &TemplateConfig, work: &Path, vmm: &Path) -> Result<(), VmError> {
+    let config_path = work.join(CONFIG_FILE);
+    let text = serde_json::to_vec(config).map_err(|e| VmError::Settings(e.to_string()))?;
+    std::fs::write(&config_path, text).map_err(VmError::io("writing", &config_path))?;
+    let mut child = Command::new(vmm)
+        .arg("template")
+        .arg(&config_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(VmError::io("starting", vmm))?;
+    let mut stderr = child.stderr.take();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(stderr) = stderr.as_mut() {
+            let _ = stderr.read_to_string(&mut text);
+        }
+        text
+    });
+    let deadline = Instant::now() + Duration::from_millis(config.timeout_ms) + TIMEOUT_MARGIN;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+        }
+    };
+    let output = reader.join().unwrap_or_default();
+    match status {
+        Some(status) if status.success() => Ok(()),
+        Some(status) => Err(VmError::Boot(format!(
+            "building the VM template snapshot failed ({status}): {}",
+            output.trim()
+        ))),
+        None => Err(VmError::Boot(format!(
+            "building the VM template snapshot took longer than {:?}; raise `[vm] \
+             boot_timeout_secs`, or set `[vm] start = \"boot\"`",
+            Duration::from_millis(config.timeout_ms)
+        ))),
+    }
+}
+
+/// What the template process may take beyond the boot timeout (its own start and the
+/// snapshot's write).
+const TIMEOUT_MARGIN: Duration = Duration::from_secs(30);
+
+/// `twinbox-vmm template CONFIG`: boots the template VM in the config's directory until it
+/// has written its snapshot; returns the exit code (0 once the snapshot is complete).
+pub fn main(config_path: &Path) -> i32 {
+    match boot_template(config_path) {
+        Ok(()) => 0,
+        Err(message) => {
+            eprintln!("{message}");
+            1
+        }
+    }
+}
+
+fn boot_template(config_path: &Path) -> Result<(), String> {
+    let text = std::fs::read(config_path)
+        .map_err(|e| format!("reading {}: {e}", config_path.display()))?;
+    let config: TemplateConfig = serde_json::from_slice(&text)
+        .map_err(|e| format!("reading {}: {e}", config_path.display()))?;
+    let work = config_path.parent().unwrap_or(Path::new("/"));
+    let empty = work.join(EMPTY_DISK);
+    std::fs::File::create(&empty).map_err(|e| format!("creating {}: {e}", empty.display()))?;
+    let mut vm = init::vm_config(
+        &config.kernel,
+        &config.cmdline,
+        config.memory,
+        config.vcpus,
+        &[(config.agent_disk.clone(), true), (empty, true)],
+        work,
+    );
+    vm.snapshot_to = Some(config.snapshot_dir.clone());
+    let vmm = vmm::Vmm::build(vm).map_err(|e| format!("cannot start the template VM: {e}"))?;
+    let handle = vmm.handle();
+    let timeout = Duration::from_millis(config.timeout_ms);
+    std::thread::spawn(move || {
+        std::thread::sleep(timeout);
+        handle.stop();
+    });
+    let waiting = "the template VM's snapshot";
+    let console = work.join(CONSOLE_LOG);
+    let ending = match vmm.run() {
+        Ok(exit) if exit.reason == vmm::ExitReason::Snapshotted => return Ok(()),
+        Ok(exit) if exit.reason == vmm::ExitReason::Stopped => {
+            return Err(format!(
+                "after {timeout:?}: {}",
+                super::diagnose::explain(waiting, &super::diagnose::Ending::Running, &console)
+            ));
+        }
+        Ok(_) => super::diagnose::Ending::Stopped,
+        Err(error) => super::diagnose::Ending::Failed(error.to_string()),
+    };
+    Err(super::diagnose::explain(waiting, &ending, &console))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vm::plan::DiskPlan;
+
+    fn plan(disks: &[bool]) -> Plan {
+        let mut plan = crate::vm::jail::tests::plan(false);
+        plan.disks = disks
+            .iter()
+            .map(|read_only| DiskPlan {
+                host: "/disk".into(),
+                read_only: *read_only,
+            })
+            .collect();
+        plan
+    }
+
+    #[test]
+    fn only_vms_laid_out_like_a_template_restore_one() {
+        assert!(fits(&plan(&[true, true])));
+        assert!(!fits(&plan(&[true, true, false])), "a volume disk");
+        assert!(!fits(&plan(&[true, false])), "a writable root disk");
+    }
+
+    #[test]
+    fn templates_of_older_software_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["aaaa-1111", "aaaa-2222", "bbbb-1111", ".bbbb-3333.tmp-1"] {
+            std::fs::create_dir(dir.path().join(name)).unwrap();
+        }
+        remove_other_generations(dir.path(), "aaaa");
+        let mut left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, [".bbbb-3333.tmp-1", "aaaa-1111", "aaaa-2222"]);
+    }
+
+    #[test]
+    fn the_annotation_overrides_the_config_file() {
+        let boot = VmSettings {
+            start: Some(VmStart::Boot),
+            ..VmSettings::default()
+        };
+        let none = HashMap::new();
+        assert_eq!(
+            start_mode(&VmSettings::default(), &none).unwrap(),
+            VmStart::Snapshot
+        );
+        assert_eq!(start_mode(&boot, &none).unwrap(), VmStart::Boot);
+        let snapshot = HashMap::from([(START_ANNOTATION.to_string(), "snapshot".to_string())]);
+        assert_eq!(start_mode(&boot, &snapshot).unwrap(), VmStart::Snapshot);
+        let bad = HashMap::from([(START_ANNOTATION.to_string(), "warm".to_string())]);
+        let error = start_mode(&boot, &bad).unwrap_err().to_string();
+        assert!(
+            error.contains(START_ANNOTATION) && error.contains("snapshot or boot"),
+            "{error}"
+        );
+    }
+}
