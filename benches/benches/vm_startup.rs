@@ -2,7 +2,10 @@
 //! machine's /dev/kvm is PVM and cannot boot twinbox's guest kernel). TCG makes absolute
 //! times meaningless, so the table reports ratios between peers measured in the same boot:
 //!
-//! - **twinbox vm**: `twinbox-vm run --bundle B` (the runtime CLI selecting microVMs);
+//! - **twinbox vm**: `twinbox-vm run --bundle B` (the runtime CLI selecting microVMs),
+//!   restored from the template snapshot (the default start; the unmeasured warm-up run
+//!   builds the template, as it builds the disk images);
+//! - **twinbox vm boot**: the same with `io.twinbox.vm.start=boot`: the guest kernel boots;
 //! - **twinbox container**: `twinbox run --bundle B`, the same bundle in a container;
 //! - **twinbox vm image / twinbox container image**: `twinbox run --rm [--isolation vm] IMAGE`
 //!   of the bundle's rootfs imported as an image (the docker-style path, as the issue names
@@ -53,6 +56,17 @@ struct Peer {
 fn twinbox_vm(run: usize) -> Command {
     let mut command = Command::new("twinbox-vm");
     command.args(["run", "--bundle", "/b/echo", &format!("bench-vm-{run}")]);
+    command
+}
+
+fn twinbox_vm_boot(run: usize) -> Command {
+    let mut command = Command::new("twinbox-vm");
+    command.args([
+        "run",
+        "--bundle",
+        "/b/echo-boot",
+        &format!("bench-vm-boot-{run}"),
+    ]);
     command
 }
 
@@ -230,10 +244,10 @@ fn state_pid(runtime: &str, id: &str) -> u32 {
     state["pid"].as_u64().expect("a pid in the state") as u32
 }
 
-/// Starts an idle sandbox `id` of `runtime` running the `sleep` bundle.
-fn start_idle(runtime: &str, id: &str) {
+/// Starts an idle sandbox `id` of `runtime` running `bundle` (which sleeps).
+fn start_idle(runtime: &str, bundle: &str, id: &str) {
     let status = Command::new(runtime)
-        .args(["run", "-d", "--bundle", "/b/sleep", id])
+        .args(["run", "-d", "--bundle", bundle, id])
         .stdout(Stdio::null())
         .status()
         .unwrap();
@@ -249,9 +263,9 @@ fn delete(runtime: &str, id: &str) {
     assert!(deleted.success(), "{runtime} delete --force {id}");
 }
 
-/// Host memory of an idle sandbox of `runtime` running the `sleep` bundle (KiB).
-fn runtime_idle_pss(runtime: &str, id: &str) -> u64 {
-    start_idle(runtime, id);
+/// Host memory of an idle sandbox of `runtime` running `bundle` (which sleeps; KiB).
+fn runtime_idle_pss(runtime: &str, bundle: &str, id: &str) -> u64 {
+    start_idle(runtime, bundle, id);
     // Let the guest settle (the workload is already running when run -d returns).
     std::thread::sleep(Duration::from_secs(3));
     let pss = tree_pss_kib(state_pid(runtime, id));
@@ -302,6 +316,11 @@ fn measure_in_l1(runs: usize) {
             boot_timer: false,
         },
         Peer {
+            name: "twinbox_vm_boot",
+            command: twinbox_vm_boot,
+            boot_timer: false,
+        },
+        Peer {
             name: "twinbox_vm_image",
             command: twinbox_vm_image,
             boot_timer: false,
@@ -339,8 +358,8 @@ fn measure_in_l1(runs: usize) {
             boot_timer: false,
         },
     ];
-    start_idle("twinbox-vm", EXEC_VM);
-    start_idle("twinbox", EXEC_CONTAINER);
+    start_idle("twinbox-vm", "/b/sleep", EXEC_VM);
+    start_idle("twinbox", "/b/sleep", EXEC_CONTAINER);
     // One unmeasured run each warms the page cache and twinbox's disk image cache.
     for peer in peers.iter().chain(&exec_peers) {
         time_once(peer, runs);
@@ -360,11 +379,15 @@ fn measure_in_l1(runs: usize) {
     delete("twinbox", EXEC_CONTAINER);
     println!(
         "pss_twinbox_vm={}",
-        runtime_idle_pss("twinbox-vm", "bench-mem-vm")
+        runtime_idle_pss("twinbox-vm", "/b/sleep", "bench-mem-vm")
+    );
+    println!(
+        "pss_twinbox_vm_boot={}",
+        runtime_idle_pss("twinbox-vm", "/b/sleep-boot", "bench-mem-vm-boot")
     );
     println!(
         "pss_twinbox_container={}",
-        runtime_idle_pss("twinbox", "bench-mem-ct")
+        runtime_idle_pss("twinbox", "/b/sleep", "bench-mem-ct")
     );
     println!("pss_qemu_microvm={}", qemu_idle_pss());
 }
@@ -393,12 +416,16 @@ fn main() {
     let guest_ram = |config: &mut serde_json::Value| {
         config["linux"]["resources"] = serde_json::json!({"memory": {"limit": GUEST_MIB << 20}});
     };
+    let booting = |config: &mut serde_json::Value| {
+        guest_ram(config);
+        config["annotations"] = serde_json::json!({"io.twinbox.vm.start": "boot"});
+    };
     let mut bundles = Bundles::new();
-    bundles.add("echo", &["echo", STARTED], guest_ram).add(
-        "sleep",
-        &["sleep", "100000"],
-        guest_ram,
-    );
+    bundles
+        .add("echo", &["echo", STARTED], guest_ram)
+        .add("echo-boot", &["echo", STARTED], booting)
+        .add("sleep", &["sleep", "100000"], guest_ram)
+        .add("sleep-boot", &["sleep", "100000"], booting);
     let qemu_init = |then: &str| {
         format!(
             "#!/bin/sh\nmount -t devtmpfs dev /dev\nmount -t erofs -o ro /dev/vda /mnt\nchroot /mnt echo {STARTED}\n{then}\n"
@@ -473,6 +500,7 @@ fn main() {
     );
     for name in [
         "twinbox_vm",
+        "twinbox_vm_boot",
         "twinbox_vm_image",
         "twinbox_container",
         "twinbox_container_image",
@@ -499,12 +527,15 @@ fn main() {
     }
     println!(
         "twinbox vm time to workload start / bare kernel-to-init: {} (target <= 1.20x); \
-         for `run --isolation vm IMAGE`: {}",
+         for `run --isolation vm IMAGE`: {}; booting the kernel (start=boot): {}",
         ratio(vm_start, bare_start),
-        ratio(median(&samples("twinbox_vm_image").0), bare_start)
+        ratio(median(&samples("twinbox_vm_image").0), bare_start),
+        ratio(median(&samples("twinbox_vm_boot").0), bare_start)
     );
     println!(
-        "twinbox vm idle PSS: {:.1} MiB for a {GUEST_MIB} MiB guest (target <= 40 MiB)",
-        pss("twinbox_vm") as f64 / 1024.0
+        "twinbox vm idle PSS: {:.1} MiB for a {GUEST_MIB} MiB guest (target <= 40 MiB); \
+         booted: {:.1} MiB",
+        pss("twinbox_vm") as f64 / 1024.0,
+        pss("twinbox_vm_boot") as f64 / 1024.0
     );
 }
