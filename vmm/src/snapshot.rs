@@ -150,7 +150,8 @@ fn error(path: &Path, message: impl std::fmt::Display) -> VmmError {
 const REBUILD: &str = "remove the snapshot directory to rebuild it";
 
 /// Writes a snapshot into `dir` (created if missing; an earlier snapshot there is
-/// replaced): guest RAM, then the state, then the [`COMPLETE_MARKER`].
+/// replaced): guest RAM, then the state, then the [`COMPLETE_MARKER`]. On failure the files
+/// written so far are removed again.
 pub fn write(dir: &Path, state: &SnapshotState, mem: &GuestMemory) -> Result<(), VmmError> {
     std::fs::create_dir_all(dir).map_err(|e| error(dir, format!("cannot create it: {e}")))?;
     let marker = dir.join(COMPLETE_MARKER);
@@ -159,6 +160,17 @@ pub fn write(dir: &Path, state: &SnapshotState, mem: &GuestMemory) -> Result<(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(error(&marker, format!("cannot remove it: {e}"))),
     }
+    let result = write_files(dir, state, mem);
+    if result.is_err() {
+        for file in [MEMORY_FILE, STATE_FILE] {
+            let _ = std::fs::remove_file(dir.join(file));
+        }
+    }
+    result
+}
+
+fn write_files(dir: &Path, state: &SnapshotState, mem: &GuestMemory) -> Result<(), VmmError> {
+    let marker = dir.join(COMPLETE_MARKER);
     let memory = dir.join(MEMORY_FILE);
     save_memory(&memory, mem).map_err(|e| error(&memory, format!("cannot write it: {e}")))?;
     let state_path = dir.join(STATE_FILE);
@@ -462,6 +474,48 @@ mod tests {
                 "vsock with guest CID 3 in the snapshot, vsock with guest CID 4 in this VM",
             ]
         );
+    }
+
+    fn state() -> SnapshotState {
+        SnapshotState {
+            version: FORMAT_VERSION,
+            layout: layout(),
+            disk_sectors: vec![8, 16],
+            resets_by_triple_fault: true,
+            vm: VmState::default(),
+            vcpus: vec![VcpuState::default(), VcpuState::default()],
+            transports: Vec::new(),
+            serial: None,
+        }
+    }
+
+    #[test]
+    fn a_written_snapshot_reads_back_and_a_failed_one_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let snapshot = dir.path().join("snap");
+        let mem = create_guest_memory(4 << 20, MemoryBacking::Private).unwrap();
+        write(&snapshot, &state(), &mem).unwrap();
+        let read_back = read(&snapshot, &layout()).unwrap();
+        assert_eq!(read_back.layout, layout());
+        assert_eq!(read_back.disk_sectors, [8, 16]);
+        assert!(read_back.resets_by_triple_fault);
+        assert_eq!(read_back.vcpus.len(), 2);
+
+        let mut wrong = layout();
+        wrong.vcpus = 1;
+        let error = read(&snapshot, &wrong).unwrap_err().to_string();
+        assert!(
+            error.contains("another VM layout: 2 vCPUs in the snapshot, 1 in this VM"),
+            "{error}"
+        );
+
+        // The state file cannot be created: the memory file goes again, and no marker.
+        let broken = dir.path().join("broken");
+        std::fs::create_dir_all(broken.join(STATE_FILE)).unwrap();
+        let error = write(&broken, &state(), &mem).unwrap_err().to_string();
+        assert!(error.contains(STATE_FILE), "{error}");
+        assert!(!broken.join(MEMORY_FILE).exists());
+        assert!(!broken.join(COMPLETE_MARKER).exists());
     }
 
     #[test]

@@ -114,7 +114,7 @@ const MSR_IA32_TSC: u32 = 0x10;
 const MSR_IA32_TSC_DEADLINE: u32 = 0x6e0;
 
 /// Everything a snapshot holds of one vCPU.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct VcpuState {
     mp_state: kvm_mp_state,
     regs: kvm_regs,
@@ -541,6 +541,32 @@ mod tests {
         ] {
             assert_eq!(resets_by_triple_fault(cmdline), triple, "{cmdline}");
         }
+    }
+
+    #[test]
+    fn vcpu_state_survives_json() {
+        let mut state = VcpuState::default();
+        state.regs.rip = 0x20_1234;
+        state.regs.rbx = 100_000;
+        state.sregs.cr3 = 0x9000;
+        state.xsave.region[7] = 0xdead_beef;
+        state.lapic.regs[0x20] = 5;
+        state.mp_state.mp_state = 3;
+        state.msrs = vec![kvm_msr_entry {
+            index: MSR_IA32_TSC,
+            data: u64::MAX - 1,
+            ..Default::default()
+        }];
+        state.vcpu_events.exception.injected = 1;
+        let json = serde_json::to_string(&state).unwrap();
+        let loaded: VcpuState = serde_json::from_str(&json).unwrap();
+        assert_eq!(loaded.regs, state.regs);
+        assert_eq!(loaded.sregs, state.sregs);
+        assert_eq!(loaded.xsave.region, state.xsave.region);
+        assert_eq!(loaded.lapic.regs, state.lapic.regs);
+        assert_eq!(loaded.mp_state, state.mp_state);
+        assert_eq!(loaded.msrs, state.msrs);
+        assert_eq!(serde_json::to_string(&loaded).unwrap(), json);
     }
 
     #[test]

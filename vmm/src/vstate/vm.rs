@@ -117,7 +117,7 @@ pub fn open_kvm(path: &Path) -> Result<Kvm, VmError> {
 
 /// The VM-wide state a snapshot holds: the in-kernel interrupt controllers, the PIT and
 /// the KVM clock.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct VmState {
     pic_master: kvm_irqchip,
     pic_slave: kvm_irqchip,

@@ -667,3 +667,27 @@ fn connect_nonblocking(path: &Path) -> std::io::Result<UnixStream> {
     }
     Ok(stream)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_is_refused_once_a_host_connects() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vsock.sock");
+        let mut muxer = Muxer::new(3, &path).unwrap();
+        assert_eq!(
+            muxer.snapshot_blocker(),
+            None,
+            "a listening muxer can be saved"
+        );
+        let _client = UnixStream::connect(&path).unwrap();
+        muxer.handle_fd(muxer.listener.as_raw_fd(), EventSet::IN);
+        let blocker = muxer.snapshot_blocker().unwrap();
+        assert!(
+            blocker.contains("0 open and 1 connecting host connections"),
+            "{blocker}"
+        );
+    }
+}
