@@ -303,7 +303,10 @@ impl Vmm {
         }
         let mut phases = Phases::new(start);
         phases.mark("kvm");
-        let mem = create_guest_memory(config.mem_size, config.memory_backing)?;
+        let mem = match &restore {
+            Some((dir, _)) => snapshot::map_memory(dir, config.mem_size)?,
+            None => create_guest_memory(config.mem_size, config.memory_backing)?,
+        };
         vm.register_memory(&mem)?;
         vm.setup_irqchip()?;
 
@@ -367,7 +370,6 @@ impl Vmm {
         let guest_start = match &restore {
             Some((dir, state)) => {
                 config_changed = restore_devices(dir, state, &setup, &disk_sectors)?;
-                snapshot::load_memory(dir, &mem)?;
                 vm.restore_state(&state.vm)?;
                 phases.mark("snapshot");
                 GuestStart::Restore(state)

@@ -8,8 +8,6 @@
 //! derived again, not saved), for a VM of the same layout; disks may be other files.
 
 use std::fs::File;
-use std::io::{Seek, SeekFrom};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -20,7 +18,7 @@ use crate::builder::VmmError;
 use crate::config::VmConfig;
 use crate::devices::legacy::SerialSnapshot;
 use crate::devices::virtio::mmio::TransportSnapshot;
-use crate::vstate::memory::GuestMemory;
+use crate::vstate::memory::{GuestMemory, map_guest_memory_file};
 use crate::vstate::vcpu::VcpuState;
 use crate::vstate::vm::VmState;
 
@@ -249,8 +247,16 @@ fn save_memory(path: &Path, mem: &GuestMemory) -> std::io::Result<()> {
         let mut done = 0u64;
         while done < region.len() {
             let len = COPY_CHUNK.min((region.len() - done) as usize);
+            let address = region.start_addr().unchecked_add(done);
+            let host = mem
+                .get_host_address(address)
+                .map_err(std::io::Error::other)?;
+            if !any_page_resident(host, len) {
+                done += len as u64;
+                continue;
+            }
             let chunk = &mut buffer[..len];
-            mem.read_slice(chunk, region.start_addr().unchecked_add(done))
+            mem.read_slice(chunk, address)
                 .map_err(std::io::Error::other)?;
             for (offset, run) in nonzero_runs(chunk) {
                 file.write_all_at(run, file_start + done + offset as u64)?;
@@ -260,6 +266,18 @@ fn save_memory(path: &Path, mem: &GuestMemory) -> std::io::Result<()> {
         file_start += region.len();
     }
     file.sync_all()
+}
+
+/// Whether any page of the host mapping `[host, host + len)` is in memory. Guest RAM that
+/// the guest never touched is not, and holds only zeros: the save skips it without reading
+/// it, which matters for large guests that touched little (and under emulation). When the
+/// kernel cannot tell, the range counts as resident.
+fn any_page_resident(host: *mut u8, len: usize) -> bool {
+    let mut resident = vec![0u8; len.div_ceil(PAGE_SIZE)];
+    // SAFETY: `host` is the page-aligned start of `len` bytes of a live guest RAM mapping,
+    // and `resident` has one byte per page of it for mincore to fill.
+    let result = unsafe { libc::mincore(host.cast(), len, resident.as_mut_ptr()) };
+    result != 0 || resident.iter().any(|page| page & 1 != 0)
 }
 
 /// The runs of consecutive 4 KiB pages of `data` that are not all zero, with their offsets.
@@ -288,75 +306,22 @@ fn total_size(mem: &GuestMemory) -> u64 {
     mem.iter().map(|region| region.len()).sum()
 }
 
-/// Copies the data regions (not the holes) of the snapshot's memory file in `dir` into
-/// fresh (zeroed) guest RAM of the same size.
-pub fn load_memory(dir: &Path, mem: &GuestMemory) -> Result<(), VmmError> {
+/// Maps the memory file of the snapshot in `dir` as the guest RAM (`size` bytes) of the VM
+/// that restores it, privately: see [`map_guest_memory_file`].
+pub fn map_memory(dir: &Path, size: u64) -> Result<GuestMemory, VmmError> {
     let path = dir.join(MEMORY_FILE);
     let fail = |message: String| error(&path, format!("{message}; {REBUILD}"));
-    let mut file = File::open(&path).map_err(|e| fail(format!("cannot open it: {e}")))?;
-    let size = file
+    let file = File::open(&path).map_err(|e| fail(format!("cannot open it: {e}")))?;
+    let len = file
         .metadata()
         .map_err(|e| fail(format!("cannot read it: {e}")))?
         .len();
-    if size != total_size(mem) {
+    if len != size {
         return Err(fail(format!(
-            "it holds {size} bytes of RAM, the VM has {}",
-            total_size(mem)
+            "it holds {len} bytes of RAM, the VM has {size}"
         )));
     }
-    let mut offset = 0u64;
-    while let Some((data, hole)) =
-        next_data(&file, offset).map_err(|e| fail(format!("cannot read it: {e}")))?
-    {
-        copy_range(&mut file, mem, data, hole)
-            .map_err(|e| fail(format!("cannot read it at offset {data}: {e}")))?;
-        offset = hole;
-    }
-    Ok(())
-}
-
-/// The next data range `[start, end)` of `file` at or after `offset`, if any.
-fn next_data(file: &File, offset: u64) -> std::io::Result<Option<(u64, u64)>> {
-    let seek = |offset: u64, whence| -> std::io::Result<Option<u64>> {
-        // SAFETY: lseek on an open fd changes only the file position; no memory is touched.
-        let position = unsafe { libc::lseek(file.as_raw_fd(), offset as libc::off_t, whence) };
-        if position >= 0 {
-            return Ok(Some(position as u64));
-        }
-        let error = std::io::Error::last_os_error();
-        match error.raw_os_error() {
-            // No data at or after `offset`.
-            Some(libc::ENXIO) => Ok(None),
-            _ => Err(error),
-        }
-    };
-    let Some(start) = seek(offset, libc::SEEK_DATA)? else {
-        return Ok(None);
-    };
-    let end = seek(start, libc::SEEK_HOLE)?.unwrap_or(start);
-    Ok(Some((start, end)))
-}
-
-/// Copies file bytes `[start, end)` into guest RAM, which the file lays out region after
-/// region.
-fn copy_range(file: &mut File, mem: &GuestMemory, start: u64, end: u64) -> std::io::Result<()> {
-    let mut region_start = 0u64;
-    for region in mem.iter() {
-        let region_end = region_start + region.len();
-        let from = start.max(region_start);
-        let to = end.min(region_end);
-        if from < to {
-            file.seek(SeekFrom::Start(from))?;
-            mem.read_exact_volatile_from(
-                region.start_addr().unchecked_add(from - region_start),
-                file,
-                (to - from) as usize,
-            )
-            .map_err(std::io::Error::other)?;
-        }
-        region_start = region_end;
-    }
-    Ok(())
+    map_guest_memory_file(&file, size).map_err(|e| fail(e.to_string()))
 }
 
 #[cfg(test)]
@@ -387,16 +352,7 @@ mod tests {
             "{} bytes allocated for 5 pages of data",
             metadata.blocks() * 512
         );
-        let mut ranges = Vec::new();
-        let mut offset = 0;
-        while let Some((start, end)) = next_data(&file, offset).unwrap() {
-            ranges.push((start, end));
-            offset = end;
-        }
-        assert_eq!(ranges.first().map(|r| r.0), Some(0x3_2000), "{ranges:x?}");
-
-        let restored = create_guest_memory(16 << 20, MemoryBacking::Private).unwrap();
-        load_memory(dir.path(), &restored).unwrap();
+        let restored = map_memory(dir.path(), 16 << 20).unwrap();
         let mut all_saved = vec![0u8; 16 << 20];
         let mut all_restored = vec![0u8; 16 << 20];
         mem.read_slice(&mut all_saved, GuestAddress(0)).unwrap();
@@ -405,9 +361,21 @@ mod tests {
             .unwrap();
         assert!(all_saved == all_restored, "restored RAM differs");
 
-        let smaller = create_guest_memory(8 << 20, MemoryBacking::Private).unwrap();
-        let error = load_memory(dir.path(), &smaller).unwrap_err().to_string();
+        let error = map_memory(dir.path(), 8 << 20).unwrap_err().to_string();
         assert!(error.contains("the VM has 8388608"), "{error}");
+        // The restored VM's writes are its own: the file keeps the snapshot.
+        restored.write_obj(0u8, GuestAddress(0x3_2000)).unwrap();
+        let again = map_memory(dir.path(), 16 << 20).unwrap();
+        assert_eq!(again.read_obj::<u8>(GuestAddress(0x3_2000)).unwrap(), 0x42);
+    }
+
+    #[test]
+    fn untouched_guest_ram_is_not_resident() {
+        let mem = create_guest_memory(8 << 20, MemoryBacking::Private).unwrap();
+        let host = mem.get_host_address(GuestAddress(0)).unwrap();
+        assert!(!any_page_resident(host, 8 << 20), "fresh RAM is resident");
+        mem.write_obj(1u8, GuestAddress(0x40_1000)).unwrap();
+        assert!(any_page_resident(host, 8 << 20));
     }
 
     #[test]

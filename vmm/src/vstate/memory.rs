@@ -21,9 +21,9 @@ pub enum MemoryError {
         "guest memory size {0} bytes is invalid: it must be a non-zero multiple of 4 KiB of at most 1 TiB"
     )]
     InvalidSize(u64),
-    /// memfd_create or ftruncate failed.
-    #[error("cannot create the memfd backing guest memory: {0}")]
-    Memfd(#[source] std::io::Error),
+    /// memfd_create or ftruncate failed, or the backing file cannot be shared.
+    #[error("cannot set up the file backing guest memory: {0}")]
+    BackingFile(#[source] std::io::Error),
     /// mmap failed.
     #[error("cannot map {size} bytes of guest memory (is the host short of memory?): {source}")]
     Mmap {
@@ -105,12 +105,18 @@ pub fn ram_ranges(size: u64) -> Vec<(GuestAddress, u64)> {
     }
 }
 
-/// Creates `size` bytes of guest RAM.
-pub fn create_guest_memory(size: u64, backing: MemoryBacking) -> Result<GuestMemory, MemoryError> {
+/// Checks a guest RAM size.
+fn check_size(size: u64) -> Result<(), MemoryError> {
     const MAX_SIZE: u64 = 1 << 40;
     if size == 0 || !size.is_multiple_of(4096) || size > MAX_SIZE {
         return Err(MemoryError::InvalidSize(size));
     }
+    Ok(())
+}
+
+/// Creates `size` bytes of guest RAM.
+pub fn create_guest_memory(size: u64, backing: MemoryBacking) -> Result<GuestMemory, MemoryError> {
+    check_size(size)?;
     let backing = backing.resolve();
     tracing::debug!("guest memory: {} MiB, {backing:?}", size >> 20);
     let memfd = match backing {
@@ -121,15 +127,34 @@ pub fn create_guest_memory(size: u64, backing: MemoryBacking) -> Result<GuestMem
         MemoryBacking::Private => libc::MAP_PRIVATE,
         _ => libc::MAP_SHARED,
     };
+    map_ram(size, sharing, memfd.as_ref())
+}
+
+/// Maps `size` bytes of guest RAM privately from `file`, which holds the RAM regions one
+/// after the other (a snapshot's memory). The guest reads a page from the file when it
+/// first touches it and gets its own copy when it first writes it: nothing is copied up
+/// front, and every VM restored from one file shares the pages it only reads through the
+/// host's page cache. The pages are 4 KiB: only anonymous memory gets huge pages.
+pub fn map_guest_memory_file(file: &File, size: u64) -> Result<GuestMemory, MemoryError> {
+    check_size(size)?;
+    map_ram(size, libc::MAP_PRIVATE, Some(file))
+}
+
+/// Maps the RAM regions of `size` bytes (`sharing`: MAP_SHARED or MAP_PRIVATE), from `file`
+/// laid out region after region, or anonymous.
+fn map_ram(
+    size: u64,
+    sharing: libc::c_int,
+    file: Option<&File>,
+) -> Result<GuestMemory, MemoryError> {
     let mut regions = Vec::new();
     let mut file_offset = 0u64;
     for (guest_addr, len) in ram_ranges(size) {
-        let offset = memfd
-            .as_ref()
+        let offset = file
             .map(|file| {
                 file.try_clone()
                     .map(|f| FileOffset::new(f, file_offset))
-                    .map_err(MemoryError::Memfd)
+                    .map_err(MemoryError::BackingFile)
             })
             .transpose()?;
         let flags = sharing
@@ -256,11 +281,11 @@ fn create_memfd(size: u64) -> Result<File, MemoryError> {
     // SAFETY: `name` is a valid NUL-terminated string; the returned fd is checked below.
     let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
     if fd < 0 {
-        return Err(MemoryError::Memfd(std::io::Error::last_os_error()));
+        return Err(MemoryError::BackingFile(std::io::Error::last_os_error()));
     }
     // SAFETY: `fd` is a freshly created descriptor that nothing else owns.
     let file = unsafe { File::from_raw_fd(fd) };
-    file.set_len(size).map_err(MemoryError::Memfd)?;
+    file.set_len(size).map_err(MemoryError::BackingFile)?;
     Ok(file)
 }
 
