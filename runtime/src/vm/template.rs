@@ -14,7 +14,7 @@
 //! A VM restored from a template gets the image's root filesystem in the empty disk's place
 //! (the VMM tells the guest its new size) and, in the create request, fresh entropy for its
 //! random generator and the host's clock, since it inherits the template's. VMs with more
-//! disks (volumes, a writable disk) boot.
+//! disks (volumes, a writable disk) or with a kernel a container names boot.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -57,9 +57,13 @@ pub fn start_mode(
 }
 
 /// Whether `plan`'s VM can be restored from a template: its disks are the agent disk and the
-/// read-only root filesystem image, as in a template.
-pub fn fits(plan: &Plan) -> bool {
-    plan.disks.len() == 2 && plan.disks.iter().all(|disk| disk.read_only)
+/// read-only root filesystem image, as in a template, and its kernel is the host's own. A
+/// template boots outside the jail, so never with a kernel that a container's annotation
+/// names; such VMs boot in their jail.
+pub fn fits(plan: &Plan, annotations: &HashMap<String, String>) -> bool {
+    plan.disks.len() == 2
+        && plan.disks.iter().all(|disk| disk.read_only)
+        && !annotations.contains_key(super::assets::KERNEL_ANNOTATION)
 }
 
 /// What `twinbox-vmm template` boots.
@@ -309,10 +313,16 @@ mod tests {
     }
 
     #[test]
-    fn only_vms_laid_out_like_a_template_restore_one() {
-        assert!(fits(&plan(&[true, true])));
-        assert!(!fits(&plan(&[true, true, false])), "a volume disk");
-        assert!(!fits(&plan(&[true, false])), "a writable root disk");
+    fn only_vms_laid_out_like_a_template_with_the_hosts_kernel_restore_one() {
+        let none = HashMap::new();
+        assert!(fits(&plan(&[true, true]), &none));
+        assert!(!fits(&plan(&[true, true, false]), &none), "a volume disk");
+        assert!(!fits(&plan(&[true, false]), &none), "a writable root disk");
+        let kernel = HashMap::from([(
+            crate::vm::assets::KERNEL_ANNOTATION.to_string(),
+            "/home/me/vmlinux".to_string(),
+        )]);
+        assert!(!fits(&plan(&[true, true]), &kernel), "a container's kernel");
     }
 
     #[test]
