@@ -54,6 +54,7 @@ fn mount_fs(
     data: &str,
 ) -> Result<(), AgentError> {
     std::fs::create_dir_all(target).map_err(failed(&format!("creating {}", target.display())))?;
+    wait_for_media(device);
     mount(Some(device), target, Some(fstype), flags, Some(data)).map_err(|errno| {
         AgentError::new(
             ErrorKind::Failed,
@@ -73,10 +74,10 @@ fn mount_fs(
 /// How long a disk may stay empty after a restore before it is mounted anyway.
 const MEDIA_WAIT: Duration = Duration::from_secs(2);
 
-/// Waits until `device` has a size. In a VM restored from a template snapshot, the image
-/// disk takes the place of the template's empty one: the VMM signals the change at restore,
-/// and the kernel reads the new size a moment later. A disk that stays empty is mounted
-/// anyway, and the mount names the problem.
+/// Waits until the disk `device` (if it is one) has a size. In a VM restored from a template
+/// snapshot, each disk takes the place of one of the template's empty ones: the VMM signals
+/// the change at restore, and the kernel reads the new size a moment later. A disk that
+/// stays empty is mounted anyway, and the mount names the problem.
 fn wait_for_media(device: &str) {
     let Some(name) = Path::new(device).file_name() else {
         return;
@@ -92,7 +93,6 @@ fn wait_for_media(device: &str) {
 
 /// Mounts the image disk, the writable layer and the overlay; returns the workload's root.
 pub fn assemble_rootfs(setup: &RootfsSetup, layout: &Layout) -> Result<PathBuf, AgentError> {
-    wait_for_media(&setup.device);
     mount_fs(
         &setup.device,
         &layout.image,

@@ -281,13 +281,12 @@ pub fn spec(inputs: &JailInputs<'_>) -> Result<Spec, VmError> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
     use crate::vm::plan::DiskPlan;
     use oci_spec::runtime::{LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResourcesBuilder};
 
-    /// A plan with a root filesystem image and one volume disk.
-    pub(crate) fn plan(sync: bool) -> Plan {
+    fn plan(sync: bool) -> Plan {
         Plan {
             memory: 256 << 20,
             vcpus: 1,

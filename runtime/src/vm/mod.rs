@@ -275,7 +275,7 @@ impl VmBackend {
             .map(Duration::from_secs)
             .unwrap_or(DEFAULT_BOOT_TIMEOUT);
         let template = match template::start_mode(settings, &annotations)? {
-            VmStart::Snapshot if template::fits(&plan, &annotations) => {
+            VmStart::Snapshot if template::allowed(&annotations) => {
                 match cache.template(&kernel, &agent_disk, &plan, boot_timeout) {
                     Ok(template) => Some(template),
                     Err(error) => {

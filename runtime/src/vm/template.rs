@@ -3,18 +3,19 @@
 //! VM templating).
 //!
 //! A template is one boot of the guest kernel with the agent disk and an empty disk in the
-//! root filesystem image's place. The kernel command line carries [`TEMPLATE_ARG`]: the agent
+//! place of each of the VM's other disks (the root filesystem image, volumes, a writable
+//! disk), read-only or not as they are. The kernel command line carries [`TEMPLATE_ARG`]: the agent
 //! mounts its API filesystems, listens for the host, and asks the VMM for a snapshot, which
 //! the VMM writes and then stops. There is one template per kernel, agent, VMM binary, guest
-//! RAM size, vCPU count and command line, in the disk cache, built on first use by
+//! RAM size, vCPU count, disk layout and command line, in the disk cache, built on first use by
 //! `twinbox-vmm template CONFIG`; building one removes the templates of other kernels,
 //! agents and VMM binaries. The template VM runs no workload and no input of a
 //! container: only twinbox's kernel and agent, under the VMM's seccomp filters.
 //!
-//! A VM restored from a template gets the image's root filesystem in the empty disk's place
-//! (the VMM tells the guest its new size) and, in the create request, fresh entropy for its
-//! random generator and the host's clock, since it inherits the template's. VMs with more
-//! disks (volumes, a writable disk) or with a kernel a container names boot.
+//! A VM restored from a template gets its disks in the empty disks' places (the VMM tells the
+//! guest their new sizes, and the agent waits for them before it mounts) and, in the create
+//! request, fresh entropy for its random generator and the host's clock, since it inherits
+//! the template's. VMs whose kernel a container names boot.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -40,8 +41,6 @@ pub const TEMPLATE_ARG: &str = "twinbox_template=1";
 
 /// The template's configuration file in its work directory.
 const CONFIG_FILE: &str = "template.json";
-/// The empty disk that holds the root filesystem image's place in a template.
-const EMPTY_DISK: &str = "empty.img";
 
 /// How the container's VM starts: its annotation, else the config file, else snapshot.
 pub fn start_mode(
@@ -56,14 +55,11 @@ pub fn start_mode(
     }
 }
 
-/// Whether `plan`'s VM can be restored from a template: its disks are the agent disk and the
-/// read-only root filesystem image, as in a template, and its kernel is the host's own. A
-/// template boots outside the jail, so never with a kernel that a container's annotation
-/// names; such VMs boot in their jail.
-pub fn fits(plan: &Plan, annotations: &HashMap<String, String>) -> bool {
-    plan.disks.len() == 2
-        && plan.disks.iter().all(|disk| disk.read_only)
-        && !annotations.contains_key(super::assets::KERNEL_ANNOTATION)
+/// Whether a container's VM may be restored from a template: when its kernel is the host's
+/// own. A template boots outside the jail, so never with a kernel that a container's
+/// annotation names; such VMs boot in their jail.
+pub fn allowed(annotations: &HashMap<String, String>) -> bool {
+    !annotations.contains_key(super::assets::KERNEL_ANNOTATION)
 }
 
 /// What `twinbox-vmm template` boots.
@@ -79,6 +75,9 @@ pub struct TemplateConfig {
     pub memory: u64,
     /// vCPUs.
     pub vcpus: u8,
+    /// The disks after the agent disk, by their read-only flags: the template has an empty
+    /// disk in each one's place.
+    pub empty_disks: Vec<bool>,
     /// Where the VMM writes the snapshot.
     pub snapshot_dir: PathBuf,
     /// How long the guest may take to ask for its snapshot.
@@ -103,9 +102,16 @@ impl DiskCache {
             software.update(key.as_bytes());
         }
         software.update(agent_disk.as_os_str().as_encoded_bytes());
+        let empty_disks: Vec<bool> = plan.disks[1..].iter().map(|d| d.read_only).collect();
         let mut shape = sha2::Sha256::new();
         shape.update(plan.memory.to_le_bytes());
         shape.update([plan.vcpus]);
+        shape.update(
+            empty_disks
+                .iter()
+                .map(|&read_only| u8::from(read_only))
+                .collect::<Vec<_>>(),
+        );
         shape.update(cmdline.as_bytes());
         let generation = hex::encode(&software.finalize()[..8]);
         let key = format!("{generation}-{}", hex::encode(&shape.finalize()[..8]));
@@ -122,6 +128,7 @@ impl DiskCache {
             cmdline,
             memory: plan.memory,
             vcpus: plan.vcpus,
+            empty_disks,
             snapshot_dir: PathBuf::new(),
             timeout_ms: timeout.as_millis() as u64,
         };
@@ -165,7 +172,7 @@ fn build(config: &TemplateConfig, path: &Path, vmm: &Path) -> Result<(), VmError
         path.file_name().unwrap_or_default().to_string_lossy(),
         super::unique_suffix()
     ));
-    // A short path for the template VM's vsock socket, its console and its empty disk.
+    // A short path for the template VM's vsock socket, its console and its empty disks.
     let work = tempfile::Builder::new()
         .prefix("twinbox-template-")
         .tempdir()
@@ -261,14 +268,18 @@ fn boot_template(config_path: &Path) -> Result<(), String> {
     let config: TemplateConfig = serde_json::from_slice(&text)
         .map_err(|e| format!("reading {}: {e}", config_path.display()))?;
     let work = config_path.parent().unwrap_or(Path::new("/"));
-    let empty = work.join(EMPTY_DISK);
-    std::fs::File::create(&empty).map_err(|e| format!("creating {}: {e}", empty.display()))?;
+    let mut disks = vec![(config.agent_disk.clone(), true)];
+    for (index, read_only) in config.empty_disks.iter().enumerate() {
+        let empty = work.join(format!("empty-{index}.img"));
+        std::fs::File::create(&empty).map_err(|e| format!("creating {}: {e}", empty.display()))?;
+        disks.push((empty, *read_only));
+    }
     let mut vm = init::vm_config(
         &config.kernel,
         &config.cmdline,
         config.memory,
         config.vcpus,
-        &[(config.agent_disk.clone(), true), (empty, true)],
+        &disks,
         work,
     );
     vm.snapshot_to = Some(config.snapshot_dir.clone());
@@ -298,31 +309,15 @@ fn boot_template(config_path: &Path) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vm::plan::DiskPlan;
-
-    fn plan(disks: &[bool]) -> Plan {
-        let mut plan = crate::vm::jail::tests::plan(false);
-        plan.disks = disks
-            .iter()
-            .map(|read_only| DiskPlan {
-                host: "/disk".into(),
-                read_only: *read_only,
-            })
-            .collect();
-        plan
-    }
 
     #[test]
-    fn only_vms_laid_out_like_a_template_with_the_hosts_kernel_restore_one() {
-        let none = HashMap::new();
-        assert!(fits(&plan(&[true, true]), &none));
-        assert!(!fits(&plan(&[true, true, false]), &none), "a volume disk");
-        assert!(!fits(&plan(&[true, false]), &none), "a writable root disk");
+    fn only_vms_with_the_hosts_kernel_restore_a_template() {
+        assert!(allowed(&HashMap::new()));
         let kernel = HashMap::from([(
             crate::vm::assets::KERNEL_ANNOTATION.to_string(),
             "/home/me/vmlinux".to_string(),
         )]);
-        assert!(!fits(&plan(&[true, true]), &kernel), "a container's kernel");
+        assert!(!allowed(&kernel), "a container's kernel");
     }
 
     #[test]
