@@ -8,6 +8,7 @@
 //! derived again, not saved), for a VM of the same layout; disks may be other files.
 
 use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -307,7 +308,7 @@ fn total_size(mem: &GuestMemory) -> u64 {
 }
 
 /// Maps the memory file of the snapshot in `dir` as the guest RAM (`size` bytes) of the VM
-/// that restores it, privately: see [`map_guest_memory_file`].
+/// that restores it, privately where it holds data: see [`map_guest_memory_file`].
 pub fn map_memory(dir: &Path, size: u64) -> Result<GuestMemory, VmmError> {
     let path = dir.join(MEMORY_FILE);
     let fail = |message: String| error(&path, format!("{message}; {REBUILD}"));
@@ -321,7 +322,36 @@ pub fn map_memory(dir: &Path, size: u64) -> Result<GuestMemory, VmmError> {
             "it holds {len} bytes of RAM, the VM has {size}"
         )));
     }
-    map_guest_memory_file(&file, size).map_err(|e| fail(e.to_string()))
+    let data = data_ranges(&file).map_err(|e| fail(format!("cannot read it: {e}")))?;
+    map_guest_memory_file(&file, size, &data).map_err(|e| fail(e.to_string()))
+}
+
+/// The ranges `[start, end)` of `file` that hold data (not holes), in order.
+fn data_ranges(file: &File) -> std::io::Result<Vec<(u64, u64)>> {
+    let seek = |offset: u64, whence| -> std::io::Result<Option<u64>> {
+        // SAFETY: lseek on an open fd changes only the file position; no memory is touched.
+        let position = unsafe { libc::lseek(file.as_raw_fd(), offset as libc::off_t, whence) };
+        if position >= 0 {
+            return Ok(Some(position as u64));
+        }
+        let error = std::io::Error::last_os_error();
+        match error.raw_os_error() {
+            // No data at or after `offset`.
+            Some(libc::ENXIO) => Ok(None),
+            _ => Err(error),
+        }
+    };
+    let mut ranges = Vec::new();
+    let mut offset = 0;
+    while let Some(start) = seek(offset, libc::SEEK_DATA)? {
+        let end = seek(start, libc::SEEK_HOLE)?.unwrap_or(start);
+        if end <= start {
+            break;
+        }
+        ranges.push((start, end));
+        offset = end;
+    }
+    Ok(ranges)
 }
 
 #[cfg(test)]

@@ -6,7 +6,10 @@ use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
 
 use vm_memory::mmap::{MmapRegionBuilder, MmapRegionError};
-use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
+use vm_memory::{
+    FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+    GuestRegionMmap, MmapRegion,
+};
 
 use crate::arch::x86_64::layout::{MMIO_GAP_END, MMIO_GAP_START};
 
@@ -130,14 +133,71 @@ pub fn create_guest_memory(size: u64, backing: MemoryBacking) -> Result<GuestMem
     map_ram(size, sharing, memfd.as_ref())
 }
 
-/// Maps `size` bytes of guest RAM privately from `file`, which holds the RAM regions one
-/// after the other (a snapshot's memory). The guest reads a page from the file when it
-/// first touches it and gets its own copy when it first writes it: nothing is copied up
+/// Maps `size` bytes of guest RAM from `file`, which holds the RAM regions one after the
+/// other (a snapshot's memory), privately: the guest reads a page from the file when it
+/// first touches it and gets its own copy when it first writes it. Nothing is copied up
 /// front, and every VM restored from one file shares the pages it only reads through the
-/// host's page cache. The pages are 4 KiB: only anonymous memory gets huge pages.
-pub fn map_guest_memory_file(file: &File, size: u64) -> Result<GuestMemory, MemoryError> {
+/// host's page cache.
+///
+/// Only the 2 MiB chunks of `data` (file offsets `[start, end)` that hold data) come from
+/// the file; the rest is anonymous memory with huge pages, as at boot. A hole of the file
+/// that the guest writes would otherwise cost a zeroed page cache page besides the guest's
+/// copy, which a tmpfs cannot even reclaim.
+pub fn map_guest_memory_file(
+    file: &File,
+    size: u64,
+    data: &[(u64, u64)],
+) -> Result<GuestMemory, MemoryError> {
     check_size(size)?;
-    map_ram(size, libc::MAP_PRIVATE, Some(file))
+    let mem = map_ram(size, libc::MAP_PRIVATE, None)?;
+    let mut region_file_start = 0u64;
+    for region in mem.iter() {
+        let region_file_end = region_file_start + region.len();
+        for (start, end) in huge_page_chunks(data) {
+            let (from, to) = (start.max(region_file_start), end.min(region_file_end));
+            if from >= to {
+                continue;
+            }
+            let host = region.as_ptr() as usize + (from - region_file_start) as usize;
+            // SAFETY: [host, host + (to - from)) lies inside this region's live mapping,
+            // which vm-memory never unmaps; MAP_FIXED replaces that part of it with the file's
+            // pages at the same guest addresses, before any vCPU runs.
+            let mapped = unsafe {
+                libc::mmap(
+                    host as *mut libc::c_void,
+                    (to - from) as usize,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_NORESERVE | libc::MAP_FIXED,
+                    file.as_raw_fd(),
+                    from as libc::off_t,
+                )
+            };
+            if mapped == libc::MAP_FAILED {
+                return Err(MemoryError::Mmap {
+                    size: to - from,
+                    source: MmapRegionError::Mmap(std::io::Error::last_os_error()),
+                });
+            }
+        }
+        region_file_start = region_file_end;
+    }
+    Ok(mem)
+}
+
+/// `ranges` (sorted, `[start, end)`) widened to whole 2 MiB chunks and merged: the parts of
+/// guest RAM that come from the file, on huge-page boundaries so the rest can have huge
+/// pages.
+fn huge_page_chunks(ranges: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let huge = HUGE_PAGE as u64;
+    let mut chunks: Vec<(u64, u64)> = Vec::new();
+    for &(start, end) in ranges.iter().filter(|(start, end)| start < end) {
+        let (start, end) = (start / huge * huge, end.div_ceil(huge) * huge);
+        match chunks.last_mut() {
+            Some(last) if start <= last.1 => last.1 = last.1.max(end),
+            _ => chunks.push((start, end)),
+        }
+    }
+    chunks
 }
 
 /// Maps the RAM regions of `size` bytes (`sharing`: MAP_SHARED or MAP_PRIVATE), from `file`
@@ -292,6 +352,16 @@ fn create_memfd(size: u64) -> Result<File, MemoryError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn file_data_is_mapped_in_whole_merged_huge_pages() {
+        const M: u64 = 1 << 20;
+        assert_eq!(
+            huge_page_chunks(&[(4096, 8192), (M, M + 4096), (5 * M, 5 * M), (9 * M, 13 * M)]),
+            [(0, 2 * M), (8 * M, 14 * M)]
+        );
+        assert_eq!(huge_page_chunks(&[]), []);
+    }
     use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryRegion};
 
     #[test]
