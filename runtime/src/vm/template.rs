@@ -9,7 +9,8 @@
 //! the VMM writes and then stops. There is one template per kernel, agent, VMM binary, guest
 //! RAM size, vCPU count, disk layout and command line, in the disk cache, built on first use by
 //! `twinbox-vmm template CONFIG`; building one removes the templates of other kernels,
-//! agents and VMM binaries. The template VM runs no workload and no input of a
+//! agents and VMM binaries. A template that fails to build is not tried again for ten
+//! minutes: its VMs boot meanwhile. The template VM runs no workload and no input of a
 //! container: only twinbox's kernel and agent, under the VMM's seccomp filters.
 //!
 //! A VM restored from a template gets its disks in the empty disks' places (the VMM tells the
@@ -120,6 +121,15 @@ impl DiskCache {
         if path.is_dir() {
             return Ok(path);
         }
+        let failure = templates.join(format!("{key}.failed"));
+        if let Some(reason) = recent_failure(&failure) {
+            return Err(VmError::Boot(format!(
+                "building this VM template failed less than {} minutes ago ({reason}); \
+                 the next VM tries again after that, or remove {}",
+                RETRY_AFTER.as_secs() / 60,
+                failure.display()
+            )));
+        }
         remove_other_generations(&templates, &generation);
         let started = Instant::now();
         let config = TemplateConfig {
@@ -132,7 +142,12 @@ impl DiskCache {
             snapshot_dir: PathBuf::new(),
             timeout_ms: timeout.as_millis() as u64,
         };
-        build(&config, &path, &vmm)?;
+        if let Err(error) = build(&config, &path, &vmm) {
+            // Best effort: without the record, the next VM only tries again.
+            let _ = std::fs::write(&failure, error.to_string());
+            return Err(error);
+        }
+        let _ = std::fs::remove_file(&failure);
         tracing::info!(
             path = %path.display(),
             "VM template built in {:.0} ms",
@@ -140,6 +155,22 @@ impl DiskCache {
         );
         Ok(path)
     }
+}
+
+/// How long a failed template build keeps the VMs of that template from building it again
+/// (they boot meanwhile): a template that cannot be built would otherwise cost every VM
+/// start a boot, up to the boot timeout.
+const RETRY_AFTER: Duration = Duration::from_secs(600);
+
+/// What the failure record `path` says, if it was written less than [`RETRY_AFTER`] ago.
+fn recent_failure(path: &Path) -> Option<String> {
+    let age = std::fs::metadata(path)
+        .ok()?
+        .modified()
+        .ok()?
+        .elapsed()
+        .ok()?;
+    (age < RETRY_AFTER).then(|| std::fs::read_to_string(path).unwrap_or_default())
 }
 
 /// Removes the templates in `templates` made of other software than `generation` (an older
@@ -156,7 +187,13 @@ fn remove_other_generations(templates: &Path, generation: &str) {
         if name.starts_with('.') || name.starts_with(&format!("{generation}-")) {
             continue;
         }
-        if let Err(error) = std::fs::remove_dir_all(entry.path()) {
+        let path = entry.path();
+        let removed = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        if let Err(error) = removed {
             tracing::warn!("removing the old VM template {name}: {error}");
         }
     }
@@ -326,13 +363,41 @@ mod tests {
         for name in ["aaaa-1111", "aaaa-2222", "bbbb-1111", ".bbbb-3333.tmp-1"] {
             std::fs::create_dir(dir.path().join(name)).unwrap();
         }
+        for name in ["aaaa-3333.failed", "bbbb-2222.failed"] {
+            std::fs::write(dir.path().join(name), "it failed").unwrap();
+        }
         remove_other_generations(dir.path(), "aaaa");
         let mut left: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         left.sort();
-        assert_eq!(left, [".bbbb-3333.tmp-1", "aaaa-1111", "aaaa-2222"]);
+        assert_eq!(
+            left,
+            [
+                ".bbbb-3333.tmp-1",
+                "aaaa-1111",
+                "aaaa-2222",
+                "aaaa-3333.failed"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_failed_build_is_not_retried_for_a_while() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = dir.path().join("k.failed");
+        assert_eq!(recent_failure(&record), None);
+        std::fs::write(&record, "the guest hung").unwrap();
+        assert_eq!(recent_failure(&record).as_deref(), Some("the guest hung"));
+        let old = std::time::SystemTime::now() - RETRY_AFTER - Duration::from_secs(1);
+        std::fs::File::options()
+            .write(true)
+            .open(&record)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        assert_eq!(recent_failure(&record), None);
     }
 
     #[test]
