@@ -542,13 +542,24 @@ fn vm_mode_in_the_emulated_host_reports_both_modes_with_the_note() {
             .map(|p| (p.phase, p.distribution.p50_ms))
             .collect()
     };
+    // Its VMs restore the template snapshot, so they have no kernel boot of their own; and
+    // nothing notes a missing phase.
     let vm_phases = phases("vm");
     let order: Vec<Phase> = vm_phases.iter().map(|(phase, _)| *phase).collect();
     assert_eq!(
         order,
-        [Phase::VmmStart, Phase::KernelBoot, Phase::AgentReady],
+        [Phase::VmmStart, Phase::AgentReady],
         "{vm_phases:?}: {}",
         run.log
+    );
+    assert!(
+        !report
+            .header
+            .notes
+            .iter()
+            .any(|note| note.contains("phases")),
+        "{:?}",
+        report.header.notes
     );
     let vm_times = report.start_time.iter().find(|s| s.column == "vm").unwrap();
     for phase in &vm_times.phases {
@@ -556,10 +567,7 @@ fn vm_mode_in_the_emulated_host_reports_both_modes_with_the_note() {
         assert_eq!(phase.distribution.count, 3, "{phase:?}");
     }
     let p50s: Vec<f64> = vm_phases.iter().map(|(_, ms)| *ms).collect();
-    assert!(
-        p50s[0] > 0.0 && p50s[0] < p50s[1] && p50s[1] < p50s[2],
-        "{vm_phases:?}"
-    );
+    assert!(p50s[0] > 0.0 && p50s[0] < p50s[1], "{vm_phases:?}");
     // p50 start latency of a column's first density step (created + started sandboxes).
     let density_start = |column: &str| {
         report
@@ -575,7 +583,7 @@ fn vm_mode_in_the_emulated_host_reports_both_modes_with_the_note() {
     };
     let vm_density_start = density_start("vm");
     assert!(
-        p50s[2] <= vm_density_start,
+        p50s[1] <= vm_density_start,
         "{vm_phases:?} vs {vm_density_start}"
     );
     assert_eq!(
