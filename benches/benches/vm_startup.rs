@@ -53,27 +53,23 @@ struct Peer {
     boot_timer: bool,
 }
 
-fn twinbox_vm(run: usize) -> Command {
-    let mut command = Command::new("twinbox-vm");
-    command.args(["run", "--bundle", "/b/echo", &format!("bench-vm-{run}")]);
+/// `RUNTIME run --bundle /b/BUNDLE ID`.
+fn bundle_run(runtime: &str, bundle: &str, id: String) -> Command {
+    let mut command = Command::new(runtime);
+    command.args(["run", "--bundle", &format!("/b/{bundle}"), &id]);
     command
+}
+
+fn twinbox_vm(run: usize) -> Command {
+    bundle_run("twinbox-vm", "echo", format!("bench-vm-{run}"))
 }
 
 fn twinbox_vm_boot(run: usize) -> Command {
-    let mut command = Command::new("twinbox-vm");
-    command.args([
-        "run",
-        "--bundle",
-        "/b/echo-boot",
-        &format!("bench-vm-boot-{run}"),
-    ]);
-    command
+    bundle_run("twinbox-vm", "echo-boot", format!("bench-vm-boot-{run}"))
 }
 
 fn twinbox_container(run: usize) -> Command {
-    let mut command = Command::new("twinbox");
-    command.args(["run", "--bundle", "/b/echo", &format!("bench-ct-{run}")]);
-    command
+    bundle_run("twinbox", "echo", format!("bench-ct-{run}"))
 }
 
 /// The image the docker-style peers run: the bundle's rootfs, imported in L1.

@@ -15,6 +15,7 @@ pub mod engine;
 pub mod image;
 pub mod lifecycle;
 pub mod logging;
+pub mod process;
 pub mod spec;
 pub mod state;
 pub mod vm;

@@ -668,7 +668,7 @@ fn restore_devices(
 ) -> Result<Vec<Arc<Mutex<MmioTransport>>>, VmmError> {
     let fail = |message: String| VmmError::Snapshot {
         path: dir.to_path_buf(),
-        message: format!("{message}; remove the snapshot directory to rebuild it"),
+        message: format!("{message}; {}", snapshot::REBUILD),
     };
     if state.transports.len() != setup.transports.len()
         || state.disk_sectors.len() != disk_sectors.len()

@@ -146,7 +146,8 @@ fn error(path: &Path, message: impl std::fmt::Display) -> VmmError {
     }
 }
 
-const REBUILD: &str = "remove the snapshot directory to rebuild it";
+/// What to do about an unusable snapshot, for error messages.
+pub(crate) const REBUILD: &str = "remove the snapshot directory to rebuild it";
 
 /// Writes a snapshot into `dir` (created if missing; an earlier snapshot there is
 /// replaced): guest RAM, then the state, then the [`COMPLETE_MARKER`]. On failure the files

@@ -567,6 +567,11 @@ pub fn wait_until_gone(identity: crate::state::ProcessIdentity, timeout: Duratio
 
 /// `n` random bytes as lower-case hex (container ids, generated names).
 pub(crate) fn random_hex(bytes: usize) -> String {
+    hex::encode(random_bytes(bytes))
+}
+
+/// `n` random bytes from the kernel's generator.
+pub(crate) fn random_bytes(bytes: usize) -> Vec<u8> {
     let mut buf = vec![0u8; bytes];
     let mut filled = 0;
     while filled < bytes {
@@ -577,7 +582,7 @@ pub(crate) fn random_hex(bytes: usize) -> String {
             filled += n as usize;
         }
     }
-    hex::encode(buf)
+    buf
 }
 
 #[cfg(test)]

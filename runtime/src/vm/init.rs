@@ -36,7 +36,8 @@ pub const NOTIFY_SOCKET: &str = "notify.sock";
 /// The init's own log in the VM directory.
 pub const LOG_FILE: &str = "vmm.log";
 
-/// Random bytes the guest gets to reseed its generator: 256 bits, a full reseed.
+/// Random bytes the guest reseeds its generator from (`CreateRequest::entropy`): 256 bits,
+/// a full reseed.
 const GUEST_ENTROPY_BYTES: usize = 32;
 
 /// The guest's vsock context id.
@@ -364,10 +365,7 @@ fn boot(
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
-    request.entropy = Some(
-        host_entropy()
-            .map_err(|e| Failure::new(1, format!("reading random bytes for the guest: {e}")))?,
-    );
+    request.entropy = Some(crate::engine::random_bytes(GUEST_ENTROPY_BYTES));
     match conn.open(
         &super::host_software(),
         &Message::Create(Box::new(request)),
@@ -404,17 +402,6 @@ fn boot(
         )),
         Err(error) => Err(lost(vm, error, "creating the workload in the guest")),
     }
-}
-
-/// Bytes the guest reseeds its random generator from (see `CreateRequest::entropy`).
-fn host_entropy() -> std::io::Result<Vec<u8>> {
-    let mut bytes = vec![0u8; GUEST_ENTROPY_BYTES];
-    // SAFETY: getrandom fills at most `bytes.len()` bytes of a buffer we own.
-    let filled = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
-    if filled != bytes.len() as isize {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(bytes)
 }
 
 /// Starts a thread that blocks opening the exec fifo for writing (until `twinbox start`

@@ -19,7 +19,6 @@
 //! the template's. VMs whose kernel a container names boot.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -240,7 +239,7 @@ fn run_template_vmm(config: &TemplateConfig, work: &Path, vmm: &Path) -> Result<
     let config_path = work.join(CONFIG_FILE);
     let text = serde_json::to_vec(config).map_err(|e| VmError::Settings(e.to_string()))?;
     std::fs::write(&config_path, text).map_err(VmError::io("writing", &config_path))?;
-    let mut child = Command::new(vmm)
+    let child = Command::new(vmm)
         .arg("template")
         .arg(&config_path)
         .stdin(Stdio::null())
@@ -248,37 +247,16 @@ fn run_template_vmm(config: &TemplateConfig, work: &Path, vmm: &Path) -> Result<
         .stderr(Stdio::piped())
         .spawn()
         .map_err(VmError::io("starting", vmm))?;
-    let mut stderr = child.stderr.take();
-    let reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        if let Some(stderr) = stderr.as_mut() {
-            let _ = stderr.read_to_string(&mut text);
-        }
-        text
-    });
-    let deadline = Instant::now() + Duration::from_millis(config.timeout_ms) + TIMEOUT_MARGIN;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break Some(status),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-        }
-    };
-    let output = reader.join().unwrap_or_default();
-    match status {
-        Some(status) if status.success() => Ok(()),
-        Some(status) => Err(VmError::Boot(format!(
+    let timeout = Duration::from_millis(config.timeout_ms) + TIMEOUT_MARGIN;
+    match crate::process::wait_output(child, timeout) {
+        Ok((status, _, _)) if status.success() => Ok(()),
+        Ok((status, _, stderr)) => Err(VmError::Boot(format!(
             "building the VM template snapshot failed ({status}): {}",
-            output.trim()
+            String::from_utf8_lossy(&stderr).trim()
         ))),
-        None => Err(VmError::Boot(format!(
-            "building the VM template snapshot took longer than {:?}; raise `[vm] \
-             boot_timeout_secs`, or set `[vm] start = \"boot\"`",
-            Duration::from_millis(config.timeout_ms)
+        Err(error) => Err(VmError::Boot(format!(
+            "building the VM template snapshot: the template VM {error}; raise `[vm] \
+             boot_timeout_secs`, or set `[vm] start = \"boot\"`"
         ))),
     }
 }

@@ -10,6 +10,7 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::OrchestrateError;
+use crate::process::{kill_group, wait_output, wait_status};
 
 /// How long one runtime call (create, start, state, delete) may take before it counts as hung.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -255,79 +256,6 @@ pub fn read_until(
 
 fn remaining(deadline: Instant) -> Duration {
     deadline.saturating_duration_since(Instant::now())
-}
-
-/// Waits for `child` up to `timeout`; kills its process group when it hangs.
-fn wait_status(child: &mut Child, timeout: Duration) -> Result<std::process::ExitStatus, String> {
-    let deadline = Instant::now() + timeout;
-    let mut pause = Duration::from_micros(200);
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return Ok(status),
-            Ok(None) if Instant::now() >= deadline => {
-                kill_group(child);
-                return Err(format!("did not finish within {}s", timeout.as_secs()));
-            }
-            Ok(None) => {
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_millis(10));
-            }
-            Err(e) => return Err(format!("waiting: {e}")),
-        }
-    }
-}
-
-/// Waits for a call with piped stdout and stderr: (status, stdout, stderr).
-fn wait_output(
-    mut child: Child,
-    timeout: Duration,
-) -> Result<(std::process::ExitStatus, Vec<u8>, Vec<u8>), String> {
-    // Both pipes are drained on threads so a chatty runtime cannot block on a full pipe.
-    let drain = |pipe: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut bytes = Vec::new();
-            if let Some(mut pipe) = pipe {
-                let _ = pipe.read_to_end(&mut bytes);
-            }
-            bytes
-        })
-    };
-    let stdout = drain(
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let stderr = drain(
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let status = wait_status(&mut child, timeout)?;
-    // A sandbox process may have inherited the pipes; do not wait for it to close them.
-    let collect = |handle: std::thread::JoinHandle<Vec<u8>>| {
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while !handle.is_finished() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        if handle.is_finished() {
-            handle.join().unwrap_or_default()
-        } else {
-            Vec::new()
-        }
-    };
-    Ok((status, collect(stdout), collect(stderr)))
-}
-
-fn kill_group(child: &mut Child) {
-    // The child leads its own process group (see `OciRuntime::command`).
-    let _ = nix::sys::signal::killpg(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    );
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 /// The last few non-empty lines of a runtime's messages, for an error text.
